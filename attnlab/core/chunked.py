@@ -1,0 +1,374 @@
+"""Chunked attention in pure JAX: online softmax over (q-block, k-block) tiles.
+
+The algorithm of "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness"
+(arXiv 2205.14135) and "Self-attention Does Not Need O(n^2) Memory" (arXiv 2112.05682), written
+with ``lax`` loops instead of a kernel:
+
+* forward: for each q block, loop over the k blocks the mask summary does not mark EMPTY,
+  keeping float32 running max / sum / output; the ``[Tq, Tk]`` matrix never exists;
+* backward (``jax.custom_vjp``): recompute each tile's probabilities from the saved
+  log-sum-exp; one pass over q blocks for dq (and d bias), one over k blocks for dk and dv;
+* GQA/MQA are computed grouped (no repeated K/V); ragged lengths are padded and masked.
+
+The same loops serve sigmoid attention (``normalizer="sigmoid"``), which needs no statistics.
+ALiBi slopes, scale and soft-cap are not differentiated (their cotangent is zero).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab.core import common
+from attnlab.core import masks as masks_lib
+from attnlab.core import sigmoid as sigmoid_lib
+from attnlab.core import softmax as softmax_lib
+
+Array = jax.Array
+
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_K = 512
+
+
+class _Static(NamedTuple):
+  """Hashable call constants."""
+  scale: float
+  softcap: float | None
+  block_q: int
+  block_k: int
+  q_len: int
+  kv_len: int
+  normalizer: str  # "softmax" | "sigmoid"
+  sigmoid_bias: float
+
+
+def tile_table(summary: Any, nq: int, nk: int):
+  """For every q block the indices of non-empty k blocks first, and their count.
+
+  Returns ``(table [nq, nk], counts [nq], table_t [nk, nq], counts_t [nk])``; concrete numpy
+  when the summary is static, else traced.
+  """
+  if summary is None:
+    table = np.broadcast_to(np.arange(nk, dtype=np.int32), (nq, nk))
+    table_t = np.broadcast_to(np.arange(nq, dtype=np.int32), (nk, nq))
+    return table, np.full(nq, nk, np.int32), table_t, np.full(nk, nq, np.int32)
+  xp = np if masks_lib.is_static(summary) else jnp
+  nonempty = xp.any(summary != masks_lib.EMPTY, axis=0)  # any batch element needs the tile
+
+  def order(ne):
+    # Stable sort puts the non-empty indices first, in increasing order.
+    if xp is np:
+      idx = np.argsort(~ne, axis=1, kind="stable")
+    else:
+      idx = jnp.argsort(~ne, axis=1, stable=True)
+    return idx.astype(xp.int32), ne.sum(axis=1).astype(xp.int32)
+
+  table, counts = order(nonempty)
+  table_t, counts_t = order(nonempty.T)
+  return table, counts, table_t, counts_t
+
+
+def _split_heads(x: Array, kh: int) -> Array:
+  """``[B, T, H, D]`` -> ``[B, T, K, G, D]``."""
+  b, t, h, d = x.shape
+  return x.reshape(b, t, kh, h // kh, d)
+
+
+def _pad_to(x: Array, axis: int, size: int) -> Array:
+  pad = size - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+class _Tiles:
+  """Per-tile logits and mask; shared by forward and both backward passes."""
+
+  def __init__(self, st: _Static, mask, bias, alibi, q_offset, kh: int, g: int):
+    self.st, self.mask, self.alibi, self.q_offset = st, mask, alibi, q_offset
+    self.kh, self.g = kh, g
+    self.bias = bias
+    if bias is not None:
+      bb, bh, btq, btk = bias.shape
+      self.bias_full_q, self.bias_full_k = btq > 1, btk > 1
+      # [Bb, K|1, G|1, Tq|1, Tk|1], padded to whole blocks.
+      hshape = (kh, g) if bh > 1 else (1, 1)
+      b5 = bias.reshape(bb, *hshape, btq, btk)
+      if self.bias_full_q:
+        b5 = _pad_to(b5, 3, _round_up(st.q_len, st.block_q))
+      if self.bias_full_k:
+        b5 = _pad_to(b5, 4, _round_up(st.kv_len, st.block_k))
+      self.bias5 = b5
+
+  def bias_tile(self, i, j):
+    b5 = self.bias5
+    if self.bias_full_q:
+      b5 = jax.lax.dynamic_slice_in_dim(b5, i * self.st.block_q, self.st.block_q, axis=3)
+    if self.bias_full_k:
+      b5 = jax.lax.dynamic_slice_in_dim(b5, j * self.st.block_k, self.st.block_k, axis=4)
+    return b5
+
+  def logits(self, qi, kj, i, j):
+    """qi ``[B,bq,K,G,D]``, kj ``[B,bk,K,D]`` -> (logits, capped, allowed) ``[B,K,G,bq,bk]``."""
+    st = self.st
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qi, kj, preferred_element_type=jnp.float32)
+    s = s * jnp.float32(st.scale)
+    capped = common.apply_softcap(s, st.softcap)
+    s = capped
+    q_pos = i * st.block_q + jnp.arange(st.block_q)
+    k_pos = j * st.block_k + jnp.arange(st.block_k)
+    if self.bias is not None:
+      s = s + self.bias_tile(i, j).astype(jnp.float32)
+    if self.alibi is not None:
+      ab = common.alibi_bias(self.alibi, q_pos + self.q_offset, k_pos)  # [B|1,H,bq,bk]
+      s = s + ab.reshape(ab.shape[0], self.kh, self.g, st.block_q, st.block_k)
+    allowed = (k_pos < st.kv_len)[None, None, None, None, :]
+    if self.mask is not None:
+      allowed = allowed & self.mask.allowed(q_pos, k_pos)[:, None, None]
+    return s, capped, allowed
+
+  def dlogits_to_raw(self, ds, capped):
+    """Chain rule through soft-capping: d tanh = 1 - tanh^2."""
+    if self.st.softcap is None:
+      return ds
+    t = capped / self.st.softcap
+    return ds * (1.0 - t * t)
+
+  def reduce_to_bias(self, ds):
+    """Sum a ``[B,K,G,bq,bk]`` tile cotangent down to the bias tile's broadcast shape."""
+    b5 = self.bias5
+    axes = tuple(a for a, n in enumerate(b5.shape[:3]) if n == 1 and ds.shape[a] != 1)
+    out = ds.sum(axis=axes, keepdims=True) if axes else ds
+    if not self.bias_full_q:
+      out = out.sum(axis=3, keepdims=True)
+    if not self.bias_full_k:
+      out = out.sum(axis=4, keepdims=True)
+    return out
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _block(x, i, size, axis=1):
+  return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
+
+
+def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
+  """Returns out ``[B, Tq_pad, K, G, Dv]`` (input dtype) and lse ``[nq, B, K, G, bq]``."""
+  b, _, kh, g, _ = q.shape
+  dv = v.shape[-1]
+  tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
+  nq = q.shape[1] // st.block_q
+  sig_bias = jnp.float32(st.sigmoid_bias)
+
+  def q_block(i):
+    qi = _block(q, i, st.block_q)
+    o0 = jnp.zeros((b, kh, g, st.block_q, dv), jnp.float32)
+    m0 = jnp.full((b, kh, g, st.block_q), -jnp.inf, jnp.float32)
+    l0 = jnp.zeros((b, kh, g, st.block_q), jnp.float32)
+
+    def body(t, carry):
+      o, m, l = carry
+      j = table[i, t]
+      kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
+      s, _, allowed = tiles.logits(qi, kj, i, j)
+      if st.normalizer == "sigmoid":
+        p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
+        o = o + jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(v.dtype), vj,
+                           preferred_element_type=jnp.float32)
+        return o, m, l
+      s = jnp.where(allowed, s, -jnp.inf)
+      m_new = jnp.maximum(m, s.max(axis=-1))
+      m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
+      p = jnp.exp(s - m_safe[..., None])
+      alpha = jnp.exp(m - m_safe)
+      l = alpha * l + p.sum(axis=-1)
+      o = alpha[..., None] * o + jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(v.dtype), vj,
+                                            preferred_element_type=jnp.float32)
+      return o, m_new, l
+
+    o, m, l = jax.lax.fori_loop(0, counts[i], body, (o0, m0, l0))
+    if st.normalizer == "sigmoid":
+      return o, l
+    empty = l == 0.0
+    o = o / jnp.where(empty, 1.0, l)[..., None]
+    lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
+    return o, lse
+
+  o, lse = jax.lax.map(q_block, jnp.arange(nq))  # o [nq, B, K, G, bq, Dv]
+  out = jnp.transpose(o, (1, 0, 4, 2, 3, 5)).reshape(b, nq * st.block_q, kh, g, dv)
+  return out.astype(q.dtype), lse
+
+
+def _backward(st: _Static, res, do):
+  q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, out, lse = res
+  b, tq_pad, kh, g, d = q.shape
+  dv_dim = v.shape[-1]
+  nq, nk = tq_pad // st.block_q, k.shape[1] // st.block_k
+  tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
+  sig_bias = jnp.float32(st.sigmoid_bias)
+  # [nq, B, K, G, bq, Dv] layouts, float32.
+  to_blocks = lambda x: jnp.transpose(
+      x.reshape(b, nq, st.block_q, kh, g, x.shape[-1]), (1, 0, 3, 4, 2, 5))
+  do_b = to_blocks(do)
+  if st.normalizer == "softmax":
+    delta = jnp.sum(do_b.astype(jnp.float32) * to_blocks(out).astype(jnp.float32), axis=-1)
+  else:
+    delta = jnp.zeros(lse.shape, jnp.float32)
+
+  def probs_and_dlogits(qi, kj, vj, do_i, lse_i, delta_i, i, j):
+    s, capped, allowed = tiles.logits(qi, kj, i, j)
+    dp = jnp.einsum("bhgqd,bkhd->bhgqk", do_i, vj, preferred_element_type=jnp.float32)
+    if st.normalizer == "sigmoid":
+      p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
+      ds = dp * p * (1.0 - p)
+    else:
+      p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
+      ds = p * (dp - delta_i[..., None])
+    return p, ds, capped
+
+  # Pass 1: dq and d bias, one q block at a time.
+  dbias0 = None if bias is None else jnp.zeros(tiles.bias5.shape, jnp.float32)
+
+  def dq_block(dbias, i):
+    qi = _block(q, i, st.block_q)
+    do_i, lse_i, delta_i = do_b[i], lse[i], delta[i]
+
+    def body(t, carry):
+      dq, dbias = carry
+      j = table[i, t]
+      kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
+      _, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, lse_i, delta_i, i, j)
+      if dbias is not None:
+        red = tiles.reduce_to_bias(ds)
+        start = [0, 0, 0, i * st.block_q if tiles.bias_full_q else 0,
+                 j * st.block_k if tiles.bias_full_k else 0]
+        cur = jax.lax.dynamic_slice(dbias, start, red.shape)
+        dbias = jax.lax.dynamic_update_slice(dbias, cur + red, start)
+      ds_raw = tiles.dlogits_to_raw(ds, capped)
+      dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds_raw, kj,
+                           preferred_element_type=jnp.float32)
+      return dq, dbias
+
+    dq0 = jnp.zeros((b, st.block_q, kh, g, d), jnp.float32)
+    dq, dbias = jax.lax.fori_loop(0, counts[i], body, (dq0, dbias))
+    return dbias, dq * st.scale
+
+  dbias, dq = jax.lax.scan(dq_block, dbias0, jnp.arange(nq))
+  dq = jnp.swapaxes(dq, 0, 1).reshape(q.shape).astype(q.dtype)
+
+  # Pass 2: dk and dv, one k block at a time over the q blocks that see it.
+  def dkv_block(j):
+    kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
+
+    def body(t, carry):
+      dk, dv = carry
+      i = table_t[j, t]
+      qi = _block(q, i, st.block_q)
+      do_i = do_b[i]
+      p, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, lse[i], delta[i], i, j)
+      dv = dv + jnp.einsum("bhgqk,bhgqd->bkhd", p.astype(do.dtype), do_i,
+                           preferred_element_type=jnp.float32)
+      ds_raw = tiles.dlogits_to_raw(ds, capped)
+      dk = dk + jnp.einsum("bhgqk,bqhgd->bkhd", ds_raw, qi,
+                           preferred_element_type=jnp.float32)
+      return dk, dv
+
+    dk0 = jnp.zeros((b, st.block_k, kh, d), jnp.float32)
+    dv0 = jnp.zeros((b, st.block_k, kh, dv_dim), jnp.float32)
+    dk, dv = jax.lax.fori_loop(0, counts_t[j], body, (dk0, dv0))
+    return dk * st.scale, dv
+
+  dk, dv = jax.lax.map(dkv_block, jnp.arange(nk))
+  dk = jnp.swapaxes(dk, 0, 1).reshape(k.shape).astype(k.dtype)
+  dv = jnp.swapaxes(dv, 0, 1).reshape(v.shape).astype(v.dtype)
+  if dbias is not None:
+    dbias = dbias[..., : bias.shape[-2] if tiles.bias_full_q else 1,
+                  : bias.shape[-1] if tiles.bias_full_k else 1]
+    dbias = dbias.reshape(bias.shape).astype(bias.dtype)
+  return dq, dk, dv, dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t):
+  out, _ = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts)
+  return out
+
+
+def _flash_fwd(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t):
+  out, lse = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts)
+  res = (q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, out, lse)
+  return out, res
+
+
+def _flash_bwd(st, res, do):
+  dq, dk, dv, dbias = _backward(st, res, do)
+  zeros = lambda x: None if x is None else jax.tree.map(jnp.zeros_like, x)
+  alibi, q_offset, mask = res[4], res[5], res[6]
+  return (dq, dk, dv, dbias, zeros(alibi), _int_zeros(q_offset), _int_zeros(mask), None, None,
+          None, None)
+
+
+def _int_zeros(tree):
+  """Cotangents for integer/bool leaves are float0 zeros."""
+  def z(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
+  return jax.tree.map(z, tree)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def chunked_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+                      bias: Array | None = None, scale: float | None = None,
+                      softcap: float | None = None, alibi_slopes: Array | None = None,
+                      q_offset: Any = 0, head_mask: Array | None = None,
+                      return_weights: bool = False, normalizer: str = "softmax",
+                      sigmoid_bias: float | None = None, block_q: int = DEFAULT_BLOCK_Q,
+                      block_k: int = DEFAULT_BLOCK_K):
+  """Memory-efficient attention; same contract as ``softmax_attention``.
+
+  q ``[B,Tq,H,D]``, k ``[B,Tk,K,D]``, v ``[B,Tk,K,Dv]`` -> ``[B,Tq,H,Dv]``. ``block_q`` and
+  ``block_k`` are tile sizes (clipped to the lengths). ``normalizer`` is ``"softmax"`` or
+  ``"sigmoid"``. With ``return_weights=True`` the weights are recomputed densely (analysis).
+  """
+  if normalizer not in ("softmax", "sigmoid"):
+    raise ValueError(f"normalizer must be 'softmax' or 'sigmoid', got {normalizer!r}")
+  for name, val in (("block_q", block_q), ("block_k", block_k)):
+    if not isinstance(val, (int, np.integer)) or val <= 0:
+      raise ValueError(f"{name} must be a positive int, got {val!r}")
+  mask, bias, scale, alibi, head_mask_ = softmax_lib.prepare(q, k, v, mask, bias, scale,
+                                                             alibi_slopes, head_mask)
+  b, tq, h, _ = q.shape
+  tk, kh = k.shape[1], k.shape[2]
+  bq, bk = min(block_q, tq), min(block_k, tk)
+  nq, nk = -(-tq // bq), -(-tk // bk)
+  summary = None if mask is None else mask.block_summary(tq, tk, bq, bk)
+  table, counts, table_t, counts_t = tile_table(summary, nq, nk)
+  st = _Static(scale=float(scale), softcap=None if softcap is None else float(softcap),
+               block_q=bq, block_k=bk, q_len=tq, kv_len=tk, normalizer=normalizer,
+               sigmoid_bias=sigmoid_lib.default_sigmoid_bias(tk, sigmoid_bias))
+  qp = _pad_to(_split_heads(q, kh), 1, nq * bq)
+  kp, vp = _pad_to(k, 1, nk * bk), _pad_to(v, 1, nk * bk)
+  out = _flash(st, qp, kp, vp, bias, alibi, jnp.asarray(q_offset), mask, jnp.asarray(table),
+               jnp.asarray(counts), jnp.asarray(table_t), jnp.asarray(counts_t))
+  out = out[:, :tq].reshape(b, tq, h, v.shape[-1])
+  out = common.apply_head_mask(out, head_mask_)
+  if not return_weights:
+    return out
+  ref = sigmoid_lib.sigmoid_attention if normalizer == "sigmoid" else (
+      softmax_lib.softmax_attention)
+  extra = {"sigmoid_bias": sigmoid_bias} if normalizer == "sigmoid" else {}
+  _, weights = ref(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
+                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True, **extra)
+  return out, weights

@@ -1,0 +1,158 @@
+"""Shape checks and the score pieces shared by every dense-score mechanism.
+
+Layout (as ``jax.nn.dot_product_attention``): ``q [B, Tq, H, D]``, ``k [B, Tk, K, D]``,
+``v [B, Tk, K, Dv]`` with ``H % K == 0`` (MHA when K == H, GQA when 1 < K < H, MQA when K == 1).
+Query head ``h`` reads key/value head ``h // (H // K)``. Logits are ``[B, H, Tq, Tk]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab.core import masks as masks_lib
+
+Array = jax.Array
+
+
+def check_qkv(q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int]:
+  """Validate shapes; return (batch, q_len, kv_len, heads, kv_heads, head_dim)."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not hasattr(x, "shape") or len(x.shape) != 4:
+      shape = getattr(x, "shape", type(x).__name__)
+      raise ValueError(f"{name} must have shape [batch, length, heads, head_dim], got {shape}")
+  b, tq, h, d = q.shape
+  bk, tk, kh, dk = k.shape
+  bv, tv, vh, _ = v.shape
+  if bk != b or bv != b:
+    raise ValueError(f"q, k, v must share the batch size, got q {q.shape}, k {k.shape}, "
+                     f"v {v.shape}")
+  if dk != d:
+    raise ValueError(f"k head_dim must equal q head_dim {d}, got k shape {k.shape}")
+  if tv != tk or vh != kh:
+    raise ValueError(f"v must have k's length and heads {(tk, kh)}, got v shape {v.shape}")
+  if kh == 0 or h % kh:
+    raise ValueError(f"q heads ({h}) must be a multiple of k/v heads ({kh}); q {q.shape}, "
+                     f"k {k.shape}")
+  return b, tq, tk, h, kh, d
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+  return 1.0 / math.sqrt(head_dim) if scale is None else scale
+
+
+def check_bias(bias: Any, b: int, h: int, tq: int, tk: int) -> Array | None:
+  """``bias`` must broadcast to ``[B, H, Tq, Tk]`` (a 4-d array; dims may be 1)."""
+  if bias is None:
+    return None
+  bias = jnp.asarray(bias)
+  target = (b, h, tq, tk)
+  if bias.ndim != 4 or any(s not in (1, t) for s, t in zip(bias.shape, target)):
+    raise ValueError(f"bias must be 4-d and broadcast to [batch, heads, q_len, kv_len] = "
+                     f"{target}, got shape {bias.shape}")
+  return bias
+
+
+def check_head_vector(x: Any, name: str, b: int, h: int) -> Array | None:
+  """Per-head values ``[H]`` or ``[B, H]`` (head masks, ALiBi slopes)."""
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  if x.shape not in ((h,), (b, h), (1, h)):
+    raise ValueError(f"{name} must have shape [heads]={(h,)} or [batch, heads]={(b, h)}, got "
+                     f"{x.shape}")
+  return x if x.ndim == 2 else x[None]
+
+
+def check_mask(mask: Any, b: int) -> masks_lib.Mask | None:
+  if mask is None:
+    return None
+  if not isinstance(mask, masks_lib.Mask):
+    raise TypeError("mask must be an attnlab.masks.Mask value (e.g. masks.CausalMask()), got "
+                    f"{type(mask).__name__}; wrap a dense boolean array with masks.ArrayMask")
+  mb = mask.batch_size
+  if mb is not None and mb not in (1, b):
+    raise ValueError(f"mask batch size {mb} does not match q batch size {b}")
+  return mask
+
+
+def build_mask(mask: masks_lib.Mask | None, is_causal: bool, q_offset: Any = 0):
+  """Combine an explicit mask with ``is_causal``."""
+  causal = masks_lib.CausalMask(q_offset) if is_causal else None
+  return masks_lib.combine(mask, causal)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """Geometric ALiBi slopes from "Train Short, Test Long" (arXiv 2108.12409), ``[H]``.
+
+  For a power of two n the slopes are 2^(-8i/n), i = 1..n; otherwise the paper's recipe
+  interleaves the slopes of the next power of two.
+  """
+
+  def pow2(n):
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+
+  if num_heads & (num_heads - 1) == 0:
+    return np.asarray(pow2(num_heads), np.float32)
+  closest = 2 ** math.floor(math.log2(num_heads))
+  extra = pow2(2 * closest)[0::2][: num_heads - closest]
+  return np.asarray(pow2(closest) + extra, np.float32)
+
+
+def alibi_bias(slopes: Array, q_pos: Array, k_pos: Array) -> Array:
+  """``-slope * |q_pos - k_pos|`` as ``[B|1, H, len(q_pos), len(k_pos)]`` float32.
+
+  For causal attention (k <= q) this is the paper's ``slope * (k - q)``.
+  """
+  dist = jnp.abs(q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
+  return -slopes.astype(jnp.float32)[:, :, None, None] * dist
+
+
+def apply_softcap(logits: Array, softcap: float | None) -> Array:
+  if softcap is None:
+    return logits
+  return softcap * jnp.tanh(logits / softcap)
+
+
+def dense_logits(q: Array, k: Array, *, scale: float, bias: Array | None = None,
+                 softcap: float | None = None, alibi: Array | None = None,
+                 q_offset: Any = 0) -> Array:
+  """Float32 logits ``[B, H, Tq, Tk]``: ``cap(q.k * scale) + bias + alibi``.
+
+  Order: scale, then soft-capping ``cap * tanh(x / cap)`` (as Gemma 2), then the additive
+  bias and ALiBi. GQA is computed grouped, without repeating k.
+  """
+  b, tq, h, d = q.shape
+  kh = k.shape[2]
+  g = h // kh
+  qg = q.reshape(b, tq, kh, g, d)
+  s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+  s = s.reshape(b, h, tq, k.shape[1]) * jnp.float32(scale)
+  s = apply_softcap(s, softcap)
+  if bias is not None:
+    s = s + bias.astype(jnp.float32)
+  if alibi is not None:
+    q_pos = jnp.arange(tq) + q_offset
+    s = s + alibi_bias(alibi, q_pos, jnp.arange(k.shape[1]))
+  return s
+
+
+def weighted_values(weights: Array, v: Array) -> Array:
+  """``weights [B, H, Tq, Tk]`` times ``v [B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]`` (grouped)."""
+  b, h, tq, tk = weights.shape
+  kh = v.shape[2]
+  w = weights.reshape(b, kh, h // kh, tq, tk).astype(v.dtype)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", w, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, tq, h, v.shape[-1])
+
+
+def apply_head_mask(out: Array, head_mask: Array | None) -> Array:
+  """Scale each head's output ``[B, Tq, H, Dv]`` by ``head_mask [B|1, H]``."""
+  if head_mask is None:
+    return out
+  return out * head_mask[:, None, :, None].astype(out.dtype)

@@ -1,0 +1,455 @@
+"""Attention masks as values, not arrays.
+
+A mask answers three questions without ever building a dense ``[q_len, kv_len]`` array
+unless asked:
+
+* ``mask.allowed(q_pos, k_pos)`` -> bool ``[B|1, len(q_pos), len(k_pos)]``: the elementwise
+  mask for a set of query and key positions (used by the dense reference on all positions, and
+  by the chunked path and kernels on one tile at a time).
+* ``mask.block_summary(q_len, kv_len, block_q, block_k)`` -> int32 ``[B|1, nq, nk]`` with
+  ``EMPTY`` (0), ``PARTIAL`` (1), ``FULL`` (2) per (q-block, k-block) tile. Masks that depend
+  only on static numbers (causal, window, static prefix) return a concrete ``numpy`` array, so
+  callers can skip tiles at trace time; data-dependent masks (segment ids, valid lengths) return
+  a ``jax.Array``.
+* ``mask.dense(q_len, kv_len)`` -> bool ``[B|1, q_len, kv_len]`` (reference path only).
+
+Masks compose: ``a & b`` keeps a pair when both keep it, ``a | b`` when either does. For the
+block summary, AND is the elementwise minimum and OR the maximum of the three-valued code
+(empty < partial < full), which is exact for full/empty tiles and conservative otherwise.
+
+Positions: query ``i`` sits at absolute position ``i + q_offset`` (``q_offset`` lets a decode
+step with a KV cache line its queries up with the end of the keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+Array = Any  # jax.Array | np.ndarray
+
+
+def _num_blocks(n: int, block: int) -> int:
+  return -(-n // block)
+
+
+def _block_bounds(n: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+  """First and last (inclusive) position of every block of ``block`` positions in ``[0, n)``."""
+  starts = np.arange(_num_blocks(n, block)) * block
+  ends = np.minimum(starts + block, n) - 1
+  return starts, ends
+
+
+def _is_concrete(x: Any) -> bool:
+  return isinstance(x, (np.ndarray, np.generic, int, float, bool))
+
+
+class Mask:
+  """Base class. Subclasses implement ``allowed`` and ``block_summary``."""
+
+  def allowed(self, q_pos: Array, k_pos: Array) -> Array:
+    """Bool ``[B|1, len(q_pos), len(k_pos)]``: may query ``q_pos[i]`` see key ``k_pos[j]``."""
+    raise NotImplementedError
+
+  def block_summary(self, q_len: int, kv_len: int, block_q: int, block_k: int) -> Array:
+    """Int32 ``[B|1, ceil(q_len/block_q), ceil(kv_len/block_k)]`` of EMPTY/PARTIAL/FULL."""
+    raise NotImplementedError
+
+  def dense(self, q_len: int, kv_len: int) -> jax.Array:
+    """Bool ``[B|1, q_len, kv_len]``; only the reference path should call this."""
+    return jnp.asarray(self.allowed(jnp.arange(q_len), jnp.arange(kv_len)))
+
+  @property
+  def batch_size(self) -> int | None:
+    """Batch size the mask is tied to, or None when it broadcasts over the batch."""
+    return None
+
+  def __and__(self, other: "Mask") -> "Mask":
+    return And(self, _check_mask(other, "other"))
+
+  def __or__(self, other: "Mask") -> "Mask":
+    return Or(self, _check_mask(other, "other"))
+
+
+def _check_mask(m: Any, name: str) -> Mask:
+  if not isinstance(m, Mask):
+    raise TypeError(f"{name} must be an attnlab.masks.Mask, got {type(m).__name__}")
+  return m
+
+
+# ----------------------------------------------------------------------------------------------
+# Static masks: depend only on positions and Python numbers.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LocalMask(Mask):
+  """Query at absolute position p sees keys in ``[p - left, p + right]``.
+
+  ``left=None`` / ``right=None`` mean unbounded on that side. ``CausalMask`` is
+  ``LocalMask(left=None, right=0)``; a sliding window of size W is ``left=W-1, right=0``.
+  """
+
+  left: int | None = None
+  right: int | None = None
+  q_offset: int = 0
+
+  def __post_init__(self):
+    for name in ("left", "right"):
+      val = getattr(self, name)
+      if val is not None and (not isinstance(val, (int, np.integer)) or val < 0):
+        raise ValueError(f"{name} must be a non-negative int or None, got {val!r}")
+    if jnp.ndim(self.q_offset) != 0:
+      raise ValueError(f"q_offset must be a scalar, got shape {jnp.shape(self.q_offset)}")
+
+  def allowed(self, q_pos, k_pos):
+    qp = jnp.asarray(q_pos)[:, None] + self.q_offset
+    kp = jnp.asarray(k_pos)[None, :]
+    ok = jnp.ones(qp.shape[:1] + kp.shape[1:], bool)
+    if self.left is not None:
+      ok &= kp >= qp - self.left
+    if self.right is not None:
+      ok &= kp <= qp + self.right
+    return ok[None]
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    # A traced q_offset (decoding with a KV cache) gives a traced summary.
+    xp = np if _is_concrete(self.q_offset) else jnp
+    qs, qe = _block_bounds(q_len, block_q)
+    ks, ke = _block_bounds(kv_len, block_k)
+    qs, qe = qs[:, None] + self.q_offset, qe[:, None] + self.q_offset
+    ks, ke = xp.asarray(ks[None, :]), xp.asarray(ke[None, :])
+    empty = xp.zeros((qs.shape[0], ks.shape[1]), bool)
+    full = xp.ones_like(empty)
+    if self.left is not None:
+      empty |= ke < qs - self.left  # every key is left of every query's window
+      full &= ks >= qe - self.left
+    if self.right is not None:
+      empty |= ks > qe + self.right
+      full &= ke <= qs + self.right
+    out = xp.where(empty, EMPTY, xp.where(full, FULL, PARTIAL)).astype(xp.int32)
+    return out[None]
+
+
+def CausalMask(q_offset: int = 0) -> LocalMask:
+  """Key j visible to query i iff ``j <= i + q_offset`` (top-left aligned, as jax.nn)."""
+  return LocalMask(left=None, right=0, q_offset=q_offset)
+
+
+def SlidingWindowMask(left: int | None, right: int | None = 0, q_offset: int = 0) -> LocalMask:
+  """Keys within ``left`` positions before and ``right`` after the query (inclusive)."""
+  return LocalMask(left=left, right=right, q_offset=q_offset)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FullMask(Mask):
+  """Every pair allowed (useful as a neutral element)."""
+
+  def allowed(self, q_pos, k_pos):
+    return jnp.ones((1, jnp.shape(q_pos)[0], jnp.shape(k_pos)[0]), bool)
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    return np.full((1, _num_blocks(q_len, block_q), _num_blocks(kv_len, block_k)), FULL,
+                   np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-dependent masks: carry arrays (traced under jit).
+
+
+def _as_batch_vector(x: Any, name: str) -> Array:
+  if _is_concrete(x):
+    x = np.asarray(x)
+  if jnp.ndim(x) == 0:
+    x = x.reshape(1) if hasattr(x, "reshape") else np.asarray([x])
+  if jnp.ndim(x) != 1:
+    raise ValueError(f"{name} must be a scalar or have shape [batch], got shape {jnp.shape(x)}")
+  if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
+    raise TypeError(f"{name} must be an integer array, got dtype {jnp.asarray(x).dtype}")
+  return x
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrefixLMMask(Mask):
+  """Prefix-LM: keys in the prefix are visible to every query; after it, causal.
+
+  ``prefix_len`` is an int or an int array ``[batch]``.
+  """
+
+  prefix_len: Any
+  q_offset: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "prefix_len", _as_batch_vector(self.prefix_len, "prefix_len"))
+
+  @property
+  def batch_size(self):
+    n = jnp.shape(self.prefix_len)[0]
+    return None if n == 1 else n
+
+  def allowed(self, q_pos, k_pos):
+    qp = jnp.asarray(q_pos)[None, :, None] + self.q_offset
+    kp = jnp.asarray(k_pos)[None, None, :]
+    pre = jnp.asarray(self.prefix_len)[:, None, None]
+    return (kp <= qp) | (kp < pre)
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    causal = CausalMask(self.q_offset).block_summary(q_len, kv_len, block_q, block_k)
+    ks, ke = _block_bounds(kv_len, block_k)
+    xp = np if _is_concrete(self.prefix_len) else jnp
+    pre = xp.asarray(self.prefix_len)[:, None, None]
+    in_prefix = xp.asarray(ke)[None, None, :] < pre  # whole k block inside the prefix
+    touches_prefix = xp.asarray(ks)[None, None, :] < pre
+    out = xp.where(in_prefix, FULL, xp.where(touches_prefix, xp.maximum(causal, PARTIAL), causal))
+    return out.astype(xp.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SegmentMask(Mask):
+  """Packed documents: query and key must carry the same segment id.
+
+  ``q_segment_ids`` ``[batch, q_len]`` and ``kv_segment_ids`` ``[batch, kv_len]`` (int). Combine
+  with ``CausalMask()`` for packed causal LM.
+  """
+
+  q_segment_ids: Any
+  kv_segment_ids: Any = None
+
+  def __post_init__(self):
+    if self.kv_segment_ids is None:
+      object.__setattr__(self, "kv_segment_ids", self.q_segment_ids)
+    for name in ("q_segment_ids", "kv_segment_ids"):
+      val = getattr(self, name)
+      if jnp.ndim(val) != 2:
+        raise ValueError(f"{name} must have shape [batch, length], got shape {jnp.shape(val)}")
+    if jnp.shape(self.q_segment_ids)[0] != jnp.shape(self.kv_segment_ids)[0]:
+      raise ValueError("q_segment_ids and kv_segment_ids must share the batch size, got "
+                       f"{jnp.shape(self.q_segment_ids)} and {jnp.shape(self.kv_segment_ids)}")
+
+  @property
+  def batch_size(self):
+    return jnp.shape(self.q_segment_ids)[0]
+
+  def allowed(self, q_pos, k_pos):
+    qs = jnp.take(jnp.asarray(self.q_segment_ids), jnp.asarray(q_pos), axis=1, mode="clip")
+    ks = jnp.take(jnp.asarray(self.kv_segment_ids), jnp.asarray(k_pos), axis=1, mode="clip")
+    return qs[:, :, None] == ks[:, None, :]
+
+  @staticmethod
+  def _block_min_max(ids, block):
+    b, n = ids.shape
+    nb = _num_blocks(n, block)
+    pad = nb * block - n
+    # Pad with an edge value so it does not widen the range of the last block.
+    ids = jnp.pad(ids, ((0, 0), (0, pad)), mode="edge").reshape(b, nb, block)
+    return ids.min(-1), ids.max(-1)
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    qmin, qmax = self._block_min_max(jnp.asarray(self.q_segment_ids), block_q)
+    kmin, kmax = self._block_min_max(jnp.asarray(self.kv_segment_ids), block_k)
+    qmin, qmax = qmin[:, :, None], qmax[:, :, None]
+    kmin, kmax = kmin[:, None, :], kmax[:, None, :]
+    empty = (qmax < kmin) | (kmax < qmin)
+    full = (qmin == qmax) & (kmin == kmax) & (qmin == kmin)
+    return jnp.where(empty, EMPTY, jnp.where(full, FULL, PARTIAL)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ValidLengthMask(Mask):
+  """Padding: only the first ``kv_lengths[b]`` keys (and ``q_lengths[b]`` queries) are real.
+
+  Either argument may be None. Rows of padded queries are fully masked; the attention functions
+  return zeros for rows with no visible key.
+  """
+
+  kv_lengths: Any = None
+  q_lengths: Any = None
+
+  def __post_init__(self):
+    if self.kv_lengths is None and self.q_lengths is None:
+      raise ValueError("ValidLengthMask needs kv_lengths or q_lengths")
+    for name in ("kv_lengths", "q_lengths"):
+      if getattr(self, name) is not None:
+        object.__setattr__(self, name, _as_batch_vector(getattr(self, name), name))
+
+  @property
+  def batch_size(self):
+    sizes = [jnp.shape(x)[0] for x in (self.kv_lengths, self.q_lengths) if x is not None]
+    n = max(sizes)
+    return None if n == 1 else n
+
+  def allowed(self, q_pos, k_pos):
+    qp = jnp.asarray(q_pos)[None, :, None]
+    kp = jnp.asarray(k_pos)[None, None, :]
+    ok = jnp.ones((1, qp.shape[1], kp.shape[2]), bool)
+    if self.kv_lengths is not None:
+      ok = ok & (kp < jnp.asarray(self.kv_lengths)[:, None, None])
+    if self.q_lengths is not None:
+      ok = ok & (qp < jnp.asarray(self.q_lengths)[:, None, None])
+    return ok
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    concrete = all(_is_concrete(x) for x in (self.kv_lengths, self.q_lengths) if x is not None)
+    xp = np if concrete else jnp
+    out = xp.full((1, _num_blocks(q_len, block_q), _num_blocks(kv_len, block_k)), FULL)
+    for lengths, (starts, ends), axis in (
+        (self.kv_lengths, _block_bounds(kv_len, block_k), 2),
+        (self.q_lengths, _block_bounds(q_len, block_q), 1)):
+      if lengths is None:
+        continue
+      n = xp.asarray(lengths)[:, None, None]
+      shape = (1, 1, -1) if axis == 2 else (1, -1, 1)
+      s, e = xp.asarray(starts).reshape(shape), xp.asarray(ends).reshape(shape)
+      code = xp.where(s >= n, EMPTY, xp.where(e < n, FULL, PARTIAL))
+      out = xp.minimum(out, code)
+    return out.astype(xp.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayMask(Mask):
+  """A dense boolean array ``[B|1, q_len, kv_len]`` (or ``[q_len, kv_len]``) as a mask value.
+
+  For masks that have no structured form. The block summary reduces the array per tile.
+  """
+
+  array: Any
+
+  def __post_init__(self):
+    a = self.array
+    if jnp.ndim(a) == 2:
+      a = a[None]
+    if jnp.ndim(a) != 3:
+      raise ValueError(f"array must have shape [batch, q_len, kv_len] or [q_len, kv_len], got "
+                       f"{jnp.shape(self.array)}")
+    if jnp.asarray(a).dtype != jnp.bool_:
+      raise TypeError(f"array must be boolean, got dtype {jnp.asarray(a).dtype}")
+    object.__setattr__(self, "array", a)
+
+  @property
+  def batch_size(self):
+    n = jnp.shape(self.array)[0]
+    return None if n == 1 else n
+
+  def allowed(self, q_pos, k_pos):
+    a = jnp.take(jnp.asarray(self.array), jnp.asarray(q_pos), axis=1, mode="fill",
+                 fill_value=False)
+    return jnp.take(a, jnp.asarray(k_pos), axis=2, mode="fill", fill_value=False)
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    a = self.array
+    b, tq, tk = jnp.shape(a)
+    if (tq, tk) != (q_len, kv_len):
+      raise ValueError(f"ArrayMask has shape {(tq, tk)} but attention is {(q_len, kv_len)}")
+    nq, nk = _num_blocks(tq, block_q), _num_blocks(tk, block_k)
+    xp = np if _is_concrete(a) else jnp
+    a = xp.asarray(a)
+    pad = ((0, 0), (0, nq * block_q - tq), (0, nk * block_k - tk))
+    # Padding positions count as "allowed" for fullness and "blocked" for emptiness.
+    any_ = xp.pad(a, pad, constant_values=False).reshape(b, nq, block_q, nk, block_k)
+    all_ = xp.pad(a, pad, constant_values=True).reshape(b, nq, block_q, nk, block_k)
+    any_ = any_.any(axis=(2, 4))
+    all_ = all_.all(axis=(2, 4))
+    return xp.where(all_, FULL, xp.where(any_, PARTIAL, EMPTY)).astype(xp.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition.
+
+
+def _combine(a, b, fn_np, fn_jnp):
+  if _is_concrete(a) and _is_concrete(b):
+    return fn_np(a, b).astype(np.int32)
+  return fn_jnp(jnp.asarray(a), jnp.asarray(b)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class And(Mask):
+  a: Mask
+  b: Mask
+
+  @property
+  def batch_size(self):
+    return self.a.batch_size or self.b.batch_size
+
+  def allowed(self, q_pos, k_pos):
+    return self.a.allowed(q_pos, k_pos) & self.b.allowed(q_pos, k_pos)
+
+  def block_summary(self, *args):
+    return _combine(self.a.block_summary(*args), self.b.block_summary(*args), np.minimum,
+                    jnp.minimum)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Or(Mask):
+  a: Mask
+  b: Mask
+
+  @property
+  def batch_size(self):
+    return self.a.batch_size or self.b.batch_size
+
+  def allowed(self, q_pos, k_pos):
+    return self.a.allowed(q_pos, k_pos) | self.b.allowed(q_pos, k_pos)
+
+  def block_summary(self, *args):
+    return _combine(self.a.block_summary(*args), self.b.block_summary(*args), np.maximum,
+                    jnp.maximum)
+
+
+def combine(*masks: Mask | None) -> Mask | None:
+  """AND together the non-None masks; None if there are none."""
+  out = None
+  for m in masks:
+    if m is None:
+      continue
+    _check_mask(m, "mask")
+    out = m if out is None else out & m
+  return out
+
+
+def is_static(summary: Array) -> bool:
+  """True when a block summary is concrete (known at trace time)."""
+  return isinstance(summary, np.ndarray)
+
+
+__all__ = [
+    "EMPTY", "PARTIAL", "FULL", "Mask", "LocalMask", "CausalMask", "SlidingWindowMask",
+    "FullMask", "ArrayMask", "PrefixLMMask", "SegmentMask", "ValidLengthMask", "And", "Or", "combine",
+    "is_static",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks are pytrees: their arrays (segment ids, lengths, offsets) are leaves, so a mask can be
+# passed through jax.jit / custom_vjp / shard_map as an ordinary argument. Unflattening bypasses
+# __post_init__ so JAX's placeholder leaves are never validated.
+
+
+def _register(cls, data_fields: tuple[str, ...], meta_fields: tuple[str, ...] = ()):
+  def flatten(m):
+    return [getattr(m, f) for f in data_fields], tuple(getattr(m, f) for f in meta_fields)
+
+  def unflatten(meta, children):
+    obj = object.__new__(cls)
+    for f, val in zip(data_fields, children):
+      object.__setattr__(obj, f, val)
+    for f, val in zip(meta_fields, meta):
+      object.__setattr__(obj, f, val)
+    return obj
+
+  jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+
+
+_register(LocalMask, ("q_offset",), ("left", "right"))
+_register(FullMask, ())
+_register(PrefixLMMask, ("prefix_len", "q_offset"))
+_register(SegmentMask, ("q_segment_ids", "kv_segment_ids"))
+_register(ValidLengthMask, ("kv_lengths", "q_lengths"))
+_register(ArrayMask, ("array",))
+_register(And, ("a", "b"))
+_register(Or, ("a", "b"))

@@ -1,0 +1,46 @@
+"""Sigmoid attention, dense reference.
+
+"Theory, Analysis, and Best Practices for Sigmoid Self-Attention" (Ramapuram et al.,
+arXiv 2409.04431): ``out = sigmoid(q k^T * scale + b) v`` with the scalar bias
+``b = -log(n)`` by default, n the sequence length (we use ``kv_len``). Rows are not normalised.
+Masked pairs contribute 0. Extras shared with softmax: additive bias, soft-capping, ALiBi.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.core import common
+from attnlab.core import masks as masks_lib
+from attnlab.core import softmax as softmax_lib
+
+Array = jax.Array
+
+
+def default_sigmoid_bias(kv_len: int, sigmoid_bias: float | None) -> float:
+  return -math.log(kv_len) if sigmoid_bias is None else float(sigmoid_bias)
+
+
+def sigmoid_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+                      bias: Array | None = None, scale: float | None = None,
+                      softcap: float | None = None, alibi_slopes: Array | None = None,
+                      q_offset: Any = 0, head_mask: Array | None = None,
+                      return_weights: bool = False, sigmoid_bias: float | None = None):
+  """Dense sigmoid attention; shapes as ``softmax_attention``.
+
+  ``sigmoid_bias``: the scalar b added to every logit (default ``-log(kv_len)``).
+  """
+  mask, bias, scale, alibi, head_mask = softmax_lib.prepare(q, k, v, mask, bias, scale,
+                                                            alibi_slopes, head_mask)
+  logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
+                               q_offset=q_offset)
+  weights = jax.nn.sigmoid(logits + default_sigmoid_bias(k.shape[1], sigmoid_bias))
+  allowed = softmax_lib.dense_mask(mask, q.shape[1], k.shape[1])
+  if allowed is not None:
+    weights = jnp.where(allowed, weights, 0.0)
+  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
+  return (out, weights) if return_weights else out

@@ -1,0 +1,61 @@
+"""Softmax attention, dense reference ("xla" implementation).
+
+"Attention Is All You Need" (arXiv 1706.03762): ``softmax(q k^T * scale + bias) v``. Extras:
+soft-capping as in Gemma 2 (arXiv 2408.00118), ALiBi (arXiv 2108.12409). Softmax statistics
+are float32 whatever the input dtype. Departure: a query row with no visible key returns zeros
+(the paper does not define it; ``jax.nn.dot_product_attention`` returns a uniform average).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.core import common
+from attnlab.core import masks as masks_lib
+
+Array = jax.Array
+
+
+def prepare(q, k, v, mask, bias, scale, alibi_slopes, head_mask):
+  """Shared validation for the dense-score reference functions."""
+  b, tq, tk, h, _, d = common.check_qkv(q, k, v)
+  mask = common.check_mask(mask, b)
+  bias = common.check_bias(bias, b, h, tq, tk)
+  alibi = common.check_head_vector(alibi_slopes, "alibi_slopes", b, h)
+  head_mask = common.check_head_vector(head_mask, "head_mask", b, h)
+  return mask, bias, common.default_scale(d, scale), alibi, head_mask
+
+
+def dense_mask(mask: masks_lib.Mask | None, tq: int, tk: int) -> Array | None:
+  """``[B|1, 1, Tq, Tk]`` boolean or None."""
+  return None if mask is None else mask.dense(tq, tk)[:, None]
+
+
+def masked_softmax(logits: Array, allowed: Array | None) -> Array:
+  """Float32 softmax over the last axis; fully masked rows give zeros."""
+  if allowed is None:
+    return jax.nn.softmax(logits, axis=-1)
+  neg = jnp.finfo(jnp.float32).min
+  s = jnp.where(allowed, logits, neg)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  p = jnp.where(allowed, jnp.exp(s - m), 0.0)
+  denom = jnp.sum(p, axis=-1, keepdims=True)
+  return p / jnp.where(denom == 0.0, 1.0, denom)
+
+
+def softmax_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+                      bias: Array | None = None, scale: float | None = None,
+                      softcap: float | None = None, alibi_slopes: Array | None = None,
+                      q_offset: Any = 0, head_mask: Array | None = None,
+                      return_weights: bool = False):
+  """Dense softmax attention. q ``[B,Tq,H,D]``, k/v ``[B,Tk,K,D]`` -> ``[B,Tq,H,Dv]``."""
+  mask, bias, scale, alibi, head_mask = prepare(q, k, v, mask, bias, scale, alibi_slopes,
+                                                head_mask)
+  logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
+                               q_offset=q_offset)
+  weights = masked_softmax(logits, dense_mask(mask, q.shape[1], k.shape[1]))
+  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
+  return (out, weights) if return_weights else out
