@@ -152,6 +152,23 @@ class _Tiles:
     return out
 
 
+def _varying_axes(*trees) -> tuple:
+  """Mesh axes over which any input varies inside ``shard_map`` (empty outside it)."""
+  axes = set()
+  for leaf in jax.tree.leaves(trees):
+    aval = jax.typeof(leaf)
+    mat = getattr(aval, "manual_axis_type", None)  # newer JAX
+    axes |= set(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+  return tuple(sorted(axes))
+
+
+def _vary(tree, axes: tuple):
+  """Mark loop-carry initial values as varying like the loop body's outputs (shard_map)."""
+  if not axes:
+    return tree
+  return jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), tree)
+
+
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
@@ -167,6 +184,7 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   nq = q.shape[1] // st.block_q
   sig_bias = jnp.float32(st.sigmoid_bias)
+  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask)
 
   def q_block(i):
     qi = _block(q, i, st.block_q)
@@ -194,7 +212,7 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
                                             preferred_element_type=jnp.float32)
       return o, m_new, l
 
-    o, m, l = jax.lax.fori_loop(0, counts[i], body, (o0, m0, l0))
+    o, m, l = jax.lax.fori_loop(0, counts[i], body, _vary((o0, m0, l0), axes))
     if st.normalizer == "sigmoid":
       return o, l
     empty = l == 0.0
@@ -214,6 +232,7 @@ def _backward(st: _Static, res, do):
   nq, nk = tq_pad // st.block_q, k.shape[1] // st.block_k
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   sig_bias = jnp.float32(st.sigmoid_bias)
+  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, do)
   # [nq, B, K, G, bq, Dv] layouts, float32.
   to_blocks = lambda x: jnp.transpose(
       x.reshape(b, nq, st.block_q, kh, g, x.shape[-1]), (1, 0, 3, 4, 2, 5))
@@ -235,7 +254,7 @@ def _backward(st: _Static, res, do):
     return p, ds, capped
 
   # Pass 1: dq and d bias, one q block at a time.
-  dbias0 = None if bias is None else jnp.zeros(tiles.bias5.shape, jnp.float32)
+  dbias0 = None if bias is None else _vary(jnp.zeros(tiles.bias5.shape, jnp.float32), axes)
 
   def dq_block(dbias, i):
     qi = _block(q, i, st.block_q)
@@ -258,7 +277,7 @@ def _backward(st: _Static, res, do):
       return dq, dbias
 
     dq0 = jnp.zeros((b, st.block_q, kh, g, d), jnp.float32)
-    dq, dbias = jax.lax.fori_loop(0, counts[i], body, (dq0, dbias))
+    dq, dbias = jax.lax.fori_loop(0, counts[i], body, (_vary(dq0, axes), dbias))
     return dbias, dq * st.scale
 
   dbias, dq = jax.lax.scan(dq_block, dbias0, jnp.arange(nq))
@@ -283,7 +302,7 @@ def _backward(st: _Static, res, do):
 
     dk0 = jnp.zeros((b, st.block_k, kh, d), jnp.float32)
     dv0 = jnp.zeros((b, st.block_k, kh, dv_dim), jnp.float32)
-    dk, dv = jax.lax.fori_loop(0, counts_t[j], body, (dk0, dv0))
+    dk, dv = jax.lax.fori_loop(0, counts_t[j], body, _vary((dk0, dv0), axes))
     return dk * st.scale, dv
 
   dk, dv = jax.lax.map(dkv_block, jnp.arange(nk))

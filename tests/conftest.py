@@ -1,0 +1,12 @@
+"""Test set-up: eight CPU devices for mesh/pmap/shard_map tests, set before jax is imported."""
+
+import os
+
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu") if os.environ.get("ATTNLAB_TEST_CPU") else None
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+
+jax.config.update("jax_default_matmul_precision", "highest")
