@@ -12,6 +12,7 @@ from attnlab.core.registry import (get_mechanism, list_mechanisms, register_impl
                                    register_mechanism)
 from attnlab.core.sigmoid import sigmoid_attention
 from attnlab.core.softmax import softmax_attention
+from attnlab.core import catalogue  # noqa: F401  (registers the mechanism catalogue)
 
 
 def _only_block_kwargs(**call):
@@ -24,13 +25,17 @@ def _only_block_kwargs(**call):
 def _register_builtin() -> None:
   register_mechanism(
       "softmax", paper="Attention Is All You Need (arXiv 1706.03762)",
-      description="softmax(q k^T * scale + bias) v")
+      description="softmax(q k^T * scale + bias) v",
+      config={"model.attention.mechanism": "softmax"}, complexity="O(T^2 d) time, O(T d) memory "
+      "(chunked/pallas)", kernel="pallas (softmax)")
   register_implementation("softmax", "xla", softmax_attention)
   register_implementation("softmax", "chunked", chunked_attention, supports=_only_block_kwargs)
   register_mechanism(
       "sigmoid",
       paper="Theory, Analysis, and Best Practices for Sigmoid Self-Attention (arXiv 2409.04431)",
-      description="sigmoid(q k^T * scale + b) v, b = -log(kv_len)")
+      description="sigmoid(q k^T * scale + b) v, b = -log(kv_len)",
+      config={"model.attention.mechanism": "sigmoid"}, complexity="O(T^2 d) time, O(T d) "
+      "memory (chunked/pallas)", kernel="pallas (FlashSigmoid)")
   register_implementation("sigmoid", "xla", sigmoid_attention)
   register_implementation(
       "sigmoid", "chunked",

@@ -36,6 +36,10 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   mech = registry.get_mechanism(mechanism)
   if implementation in ("auto", "pallas"):
     _load_plugins()
+  if not mech.implementations:
+    raise ValueError(f"mechanism {mechanism!r} is a {mech.kind}-level mechanism with no pure "
+                     "attention function; select it in a model config "
+                     f"({mech.config or 'see its docstring'}) or build it with attnlab.nn")
   if implementation != "auto":
     if implementation not in mech.implementations:
       raise ValueError(f"unknown implementation {implementation!r} for mechanism "
@@ -57,8 +61,6 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
       continue  # small problems: the dense path is faster and as light
     if impl.supports(**call) is None:
       return name
-  if not mech.implementations:
-    raise ValueError(f"mechanism {mechanism!r} has no implementation")
   return next(iter(mech.implementations))
 
 

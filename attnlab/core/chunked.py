@@ -7,7 +7,8 @@ with ``lax`` loops instead of a kernel:
 * forward: for each q block, loop over the k blocks the mask summary does not mark EMPTY,
   keeping float32 running max / sum / output; the ``[Tq, Tk]`` matrix never exists;
 * backward (``jax.custom_vjp``): recompute each tile's probabilities from the saved
-  log-sum-exp; one pass over q blocks for dq (and d bias), one over k blocks for dk and dv;
+  log-sum-exp in one pass over k blocks (FlashAttention-2 order): dk and dv accumulate per k
+  block, dq and d bias in full-size float32 carries;
 * GQA/MQA are computed grouped (no repeated K/V); ragged lengths are padded and masked.
 
 The same loops serve sigmoid attention (``normalizer="sigmoid"``), which needs no statistics.
@@ -30,8 +31,8 @@ from attnlab.core import softmax as softmax_lib
 
 Array = jax.Array
 
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 512
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 256
 
 
 class _Static(NamedTuple):
@@ -178,7 +179,7 @@ def _block(x, i, size, axis=1):
 
 
 def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
-  """Returns out ``[B, Tq_pad, K, G, Dv]`` (input dtype) and lse ``[nq, B, K, G, bq]``."""
+  """Returns out ``[B, Tq_pad, K, G, Dv]`` (input dtype) and lse ``[B, K, G, Tq_pad]``."""
   b, _, kh, g, _ = q.shape
   dv = v.shape[-1]
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
@@ -186,7 +187,10 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
   sig_bias = jnp.float32(st.sigmoid_bias)
   axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask)
 
-  def q_block(i):
+  tq_pad = q.shape[1]
+
+  def q_block(i, carry):
+    out_buf, lse_buf = carry
     qi = _block(q, i, st.block_q)
     o0 = jnp.zeros((b, kh, g, st.block_q, dv), jnp.float32)
     m0 = jnp.full((b, kh, g, st.block_q), -jnp.inf, jnp.float32)
@@ -214,15 +218,20 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
 
     o, m, l = jax.lax.fori_loop(0, counts[i], body, _vary((o0, m0, l0), axes))
     if st.normalizer == "sigmoid":
-      return o, l
-    empty = l == 0.0
-    o = o / jnp.where(empty, 1.0, l)[..., None]
-    lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
-    return o, lse
+      lse = l
+    else:
+      empty = l == 0.0
+      o = o / jnp.where(empty, 1.0, l)[..., None]
+      lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
+    # Write the block in place in the final layouts (no stacked copy to transpose later).
+    o = jnp.transpose(o, (0, 3, 1, 2, 4)).astype(out_buf.dtype)  # [B, bq, K, G, Dv]
+    out_buf = jax.lax.dynamic_update_slice_in_dim(out_buf, o, i * st.block_q, axis=1)
+    lse_buf = jax.lax.dynamic_update_slice_in_dim(lse_buf, lse, i * st.block_q, axis=3)
+    return out_buf, lse_buf
 
-  o, lse = jax.lax.map(q_block, jnp.arange(nq))  # o [nq, B, K, G, bq, Dv]
-  out = jnp.transpose(o, (1, 0, 4, 2, 3, 5)).reshape(b, nq * st.block_q, kh, g, dv)
-  return out.astype(q.dtype), lse
+  out0 = jnp.zeros((b, tq_pad, kh, g, dv), q.dtype)
+  lse0 = jnp.zeros((b, kh, g, tq_pad), jnp.float32)
+  return jax.lax.fori_loop(0, nq, q_block, _vary((out0, lse0), axes))
 
 
 def _backward(st: _Static, res, do):
@@ -233,18 +242,16 @@ def _backward(st: _Static, res, do):
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   sig_bias = jnp.float32(st.sigmoid_bias)
   axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, do)
-  # [nq, B, K, G, bq, Dv] layouts, float32.
-  to_blocks = lambda x: jnp.transpose(
-      x.reshape(b, nq, st.block_q, kh, g, x.shape[-1]), (1, 0, 3, 4, 2, 5))
-  do_b = to_blocks(do)
   if st.normalizer == "softmax":
-    delta = jnp.sum(do_b.astype(jnp.float32) * to_blocks(out).astype(jnp.float32), axis=-1)
+    # delta_i = rowsum(dO * O), [B, K, G, Tq_pad] float32 (fused; no full-size product kept).
+    delta = jnp.einsum("bqhgd,bqhgd->bhgq", do.astype(jnp.float32), out.astype(jnp.float32))
   else:
     delta = jnp.zeros(lse.shape, jnp.float32)
+  rows = lambda x, i: _block(x, i, st.block_q, axis=3)  # [B, K, G, bq] slice of row stats
 
   def probs_and_dlogits(qi, kj, vj, do_i, lse_i, delta_i, i, j):
     s, capped, allowed = tiles.logits(qi, kj, i, j)
-    dp = jnp.einsum("bhgqd,bkhd->bhgqk", do_i, vj, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bqhgd,bkhd->bhgqk", do_i, vj, preferred_element_type=jnp.float32)
     if st.normalizer == "sigmoid":
       p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
       ds = dp * p * (1.0 - p)
@@ -253,18 +260,23 @@ def _backward(st: _Static, res, do):
       ds = p * (dp - delta_i[..., None])
     return p, ds, capped
 
-  # Pass 1: dq and d bias, one q block at a time.
+  # One pass over k blocks (FlashAttention-2 order): dk, dv accumulate in the inner loop over
+  # the q blocks that see this k block; dq and d bias accumulate in full-size carries.
+  dq0 = _vary(jnp.zeros((b, tq_pad, kh, g, d), jnp.float32), axes)
   dbias0 = None if bias is None else _vary(jnp.zeros(tiles.bias5.shape, jnp.float32), axes)
 
-  def dq_block(dbias, i):
-    qi = _block(q, i, st.block_q)
-    do_i, lse_i, delta_i = do_b[i], lse[i], delta[i]
+  def k_block(carry, j):
+    dq_all, dbias = carry
+    kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
 
     def body(t, carry):
-      dq, dbias = carry
-      j = table[i, t]
-      kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
-      _, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, lse_i, delta_i, i, j)
+      dk, dv, dq_all, dbias = carry
+      i = table_t[j, t]
+      qi = _block(q, i, st.block_q)
+      do_i = _block(do, i, st.block_q)
+      p, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, rows(lse, i), rows(delta, i), i, j)
+      dv = dv + jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(do.dtype), do_i,
+                           preferred_element_type=jnp.float32)
       if dbias is not None:
         red = tiles.reduce_to_bias(ds)
         start = [0, 0, 0, i * st.block_q if tiles.bias_full_q else 0,
@@ -272,40 +284,21 @@ def _backward(st: _Static, res, do):
         cur = jax.lax.dynamic_slice(dbias, start, red.shape)
         dbias = jax.lax.dynamic_update_slice(dbias, cur + red, start)
       ds_raw = tiles.dlogits_to_raw(ds, capped)
-      dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds_raw, kj,
-                           preferred_element_type=jnp.float32)
-      return dq, dbias
-
-    dq0 = jnp.zeros((b, st.block_q, kh, g, d), jnp.float32)
-    dq, dbias = jax.lax.fori_loop(0, counts[i], body, (_vary(dq0, axes), dbias))
-    return dbias, dq * st.scale
-
-  dbias, dq = jax.lax.scan(dq_block, dbias0, jnp.arange(nq))
-  dq = jnp.swapaxes(dq, 0, 1).reshape(q.shape).astype(q.dtype)
-
-  # Pass 2: dk and dv, one k block at a time over the q blocks that see it.
-  def dkv_block(j):
-    kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
-
-    def body(t, carry):
-      dk, dv = carry
-      i = table_t[j, t]
-      qi = _block(q, i, st.block_q)
-      do_i = do_b[i]
-      p, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, lse[i], delta[i], i, j)
-      dv = dv + jnp.einsum("bhgqk,bhgqd->bkhd", p.astype(do.dtype), do_i,
-                           preferred_element_type=jnp.float32)
-      ds_raw = tiles.dlogits_to_raw(ds, capped)
       dk = dk + jnp.einsum("bhgqk,bqhgd->bkhd", ds_raw, qi,
                            preferred_element_type=jnp.float32)
-      return dk, dv
+      dq_i = jnp.einsum("bhgqk,bkhd->bqhgd", ds_raw, kj, preferred_element_type=jnp.float32)
+      dq_all = jax.lax.dynamic_update_slice_in_dim(
+          dq_all, _block(dq_all, i, st.block_q) + dq_i, i * st.block_q, axis=1)
+      return dk, dv, dq_all, dbias
 
     dk0 = jnp.zeros((b, st.block_k, kh, d), jnp.float32)
     dv0 = jnp.zeros((b, st.block_k, kh, dv_dim), jnp.float32)
-    dk, dv = jax.lax.fori_loop(0, counts_t[j], body, _vary((dk0, dv0), axes))
-    return dk * st.scale, dv
+    dk, dv, dq_all, dbias = jax.lax.fori_loop(
+        0, counts_t[j], body, (*_vary((dk0, dv0), axes), dq_all, dbias))
+    return (dq_all, dbias), (dk * st.scale, dv)
 
-  dk, dv = jax.lax.map(dkv_block, jnp.arange(nk))
+  (dq, dbias), (dk, dv) = jax.lax.scan(k_block, (dq0, dbias0), jnp.arange(nk))
+  dq = (dq * st.scale).astype(q.dtype)
   dk = jnp.swapaxes(dk, 0, 1).reshape(k.shape).astype(k.dtype)
   dv = jnp.swapaxes(dv, 0, 1).reshape(v.shape).astype(v.dtype)
   if dbias is not None:

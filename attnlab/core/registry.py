@@ -29,22 +29,49 @@ class Implementation:
   auto_platforms: tuple[str, ...] | None = None
 
 
+KINDS = ("attention", "module", "mixer", "pooling", "block")
+
+
 @dataclasses.dataclass
 class Mechanism:
+  """A catalogue entry.
+
+  ``kind``: "attention" (a pure function reachable through ``attnlab.attention``), "module"
+  (an NNX attention module whose call ends in a pure core function), "mixer" (replaces
+  attention), "pooling" (a pooling head), "block" (a transformer-block / depth variant).
+  ``config``: dotted config overrides that select it in a training config, e.g.
+  ``{"model.attention.mechanism": "deberta", "model.attention.kwargs.max_distance": 16}``.
+  """
   name: str
   paper: str
   description: str
+  kind: str = "attention"
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
+  complexity: str = ""
+  kernel: str = "-"
   implementations: dict[str, Implementation] = dataclasses.field(default_factory=dict)
 
 
 _MECHANISMS: dict[str, Mechanism] = {}
 
 
-def register_mechanism(name: str, *, paper: str = "", description: str = "") -> Mechanism:
-  if name in _MECHANISMS:
-    return _MECHANISMS[name]
-  mech = Mechanism(name=name, paper=paper, description=description)
-  _MECHANISMS[name] = mech
+def register_mechanism(name: str, *, paper: str = "", description: str = "",
+                       kind: str = "attention", config: dict[str, Any] | None = None,
+                       complexity: str = "", kernel: str = "-") -> Mechanism:
+  """Register (or update the metadata of) a mechanism; returns its entry."""
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  mech = _MECHANISMS.get(name)
+  if mech is None:
+    mech = _MECHANISMS[name] = Mechanism(name=name, paper=paper, description=description)
+  for field, val in (("paper", paper), ("description", description), ("complexity", complexity)):
+    if val:
+      setattr(mech, field, val)
+  mech.kind = kind
+  if kernel != "-":
+    mech.kernel = kernel
+  if config is not None:
+    mech.config = dict(config)
   return mech
 
 
@@ -66,6 +93,8 @@ def get_mechanism(name: str) -> Mechanism:
   return _MECHANISMS[name]
 
 
-def list_mechanisms() -> list[str]:
-  """Names of all registered attention mechanisms, sorted."""
-  return sorted(_MECHANISMS)
+def list_mechanisms(kind: str | None = None) -> list[str]:
+  """Names of all registered mechanisms (optionally of one ``kind``), sorted."""
+  if kind is not None and kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+  return sorted(n for n, m in _MECHANISMS.items() if kind is None or m.kind == kind)

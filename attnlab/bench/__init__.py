@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m attnlab.bench {core,attention,mechanisms} ...``; JSON under results/."""

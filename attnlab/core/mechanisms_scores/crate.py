@@ -1,0 +1,49 @@
+"""CRATE multi-head subspace self-attention (MSSA).
+
+Papers: "White-Box Transformers via Sparse Rate Reduction" (Yu et al., NeurIPS 2023,
+arXiv 2306.01129) and "Masked Completion via Structured Diffusion with White-Box Transformers"
+(Pai et al., ICLR 2024, arXiv 2404.02446). One subspace basis ``U_h`` per head is used as
+query, key **and** value::
+
+    SSA(Z | U_h) = (U_h^T Z) softmax((U_h^T Z)^T (U_h^T Z) * scale)
+    MSSA(Z)      = W_out [SSA(Z | U_1); ...; SSA(Z | U_H)]
+
+In the token-major layout of this package ``w = x U`` ``[B, T, H, D]`` and
+``crate_attention(w, w, w)`` is the per-head SSA (softmax over keys, ``scale = 1/sqrt(D)`` as
+in the official code). ``crate_mssa(w)`` is that call. Departures: the paper's
+output operator is ``(p / (N eps^2)) [U_1, ..., U_H]``; ``attnlab.nn.mechanisms_scores.
+CRATEAttention`` uses a separate learned output projection as the authors' code does. Masks
+(causal for a decoder) apply as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from attnlab.core import common
+from attnlab.core.mechanisms_scores import _common
+
+Array = jax.Array
+
+
+def crate_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+                    scale: float | None = None, softcap: float | None = None,
+                    alibi_slopes: Array | None = None, q_offset: Any = 0,
+                    head_mask: Array | None = None, return_weights: bool = False):
+  """Per-head SSA. In CRATE ``q``, ``k`` and ``v`` are the same ``[B, T, H, D]`` array
+  ``x U``; this is checked on shapes only (the math is softmax attention)."""
+  if not (q.shape == k.shape == v.shape):
+    raise ValueError("crate attention uses one projection as query, key and value: q, k and v "
+                     f"must have the same shape, got q {q.shape}, k {k.shape}, v {v.shape}")
+  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+                                                        alibi_slopes, head_mask)
+  logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
+                               q_offset=q_offset)
+  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+def crate_mssa(w: Array, **kwargs: Any):
+  """``crate_attention(w, w, w, **kwargs)`` for the subspace projection ``w = x U``."""
+  return crate_attention(w, w, w, **kwargs)

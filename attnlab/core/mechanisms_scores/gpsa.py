@@ -1,0 +1,80 @@
+"""ConViT gated positional self-attention (GPSA), 1-D.
+
+Paper: "ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases"
+(d'Ascoli et al., arXiv 2103.10697), Eq. (5)::
+
+    A_ij = (1 - sigmoid(lambda_h)) softmax_j(q_i . k_j * scale + bias_ij)
+           + sigmoid(lambda_h)     softmax_j(v_pos_h . r_ij)
+    A_ij <- A_ij / sum_j A_ij,          out_i = sum_j A_ij v_j
+
+Departure: sequences are 1-D, so ``r_ij = (delta^2, delta)`` with ``delta = j - i`` (keys minus
+queries, absolute positions ``q_offset + i`` and ``j``) instead of the image's
+``(|delta|^2, delta_x, delta_y)``. ``v_pos_h = (p0, p1)`` (``pos_weights [H, 2]``); the
+locality init ``v_pos = alpha (-1, 2 Delta_h)`` makes head h peak at offset ``Delta_h`` with
+strength ``alpha`` (``score = -alpha (delta - Delta_h)^2 + const``). Both softmaxes use the same
+mask, so causal masking keeps the positional attention causal (use ``Delta_h <= 0`` for a
+decoder). ``bias``/``softcap``/ALiBi act on the content logits only. ``gate`` omitted: pure
+content attention (softmax).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.core import common
+from attnlab.core import softmax as softmax_lib
+from attnlab.core.mechanisms_scores import _common
+
+Array = jax.Array
+
+
+def positional_logits(pos_weights: Array, q_pos: Array, k_pos: Array) -> Array:
+  """``p0 * delta^2 + p1 * delta`` float32 ``[1, H, Tq, Tk]``, ``delta = k_pos - q_pos``."""
+  delta = (k_pos[None, :] - q_pos[:, None]).astype(jnp.float32)
+  pw = pos_weights.astype(jnp.float32)
+  return (pw[:, 0, None, None] * delta ** 2 + pw[:, 1, None, None] * delta)[None]
+
+
+def locality_pos_weights(offsets: Any, strength: Any = 1.0) -> Array:
+  """``v_pos`` for peaks at ``offsets [H]`` (key minus query) with ``strength`` alpha."""
+  offsets = jnp.asarray(offsets, jnp.float32)
+  strength = jnp.broadcast_to(jnp.asarray(strength, jnp.float32), offsets.shape)
+  return jnp.stack([-strength, 2.0 * strength * offsets], axis=-1)
+
+
+def gpsa_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+                   scale: float | None = None, softcap: float | None = None,
+                   alibi_slopes: Array | None = None, q_offset: Any = 0,
+                   head_mask: Array | None = None, return_weights: bool = False,
+                   pos_weights: Array | None = None, gate: Array | None = None):
+  """GPSA; q ``[B,Tq,H,D]``, k/v ``[B,Tk,K,D]``.
+
+  ``pos_weights``: ``[H, 2]`` coefficients of ``(delta^2, delta)`` (default 0: uniform
+  positional attention). ``gate``: ``[H]`` gating logits lambda (``sigmoid`` is taken; default:
+  no positional attention).
+  """
+  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+                                                        alibi_slopes, head_mask)
+  b, tq, h, _ = q.shape
+  tk = k.shape[1]
+  allowed = softmax_lib.dense_mask(mask, tq, tk)
+  logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
+                               q_offset=q_offset)
+  weights = softmax_lib.masked_softmax(logits, allowed)
+  if gate is not None:
+    g = jax.nn.sigmoid(_common.head_param(gate, "gate", h))[None, :, None, None]
+    if pos_weights is None:
+      pos_weights = jnp.zeros((h, 2), jnp.float32)
+    if pos_weights.shape != (h, 2):
+      raise ValueError(f"pos_weights must have shape [heads, 2]={(h, 2)}, got "
+                       f"{pos_weights.shape}")
+    q_pos, k_pos = _common.positions(tq, tk, q_offset)
+    pos = softmax_lib.masked_softmax(positional_logits(pos_weights, q_pos, k_pos), allowed)
+    weights = (1.0 - g) * weights + g * pos
+    denom = jnp.sum(weights, axis=-1, keepdims=True)
+    weights = weights / jnp.where(denom == 0.0, 1.0, denom)
+  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
+  return (out, weights) if return_weights else out

@@ -1,0 +1,80 @@
+"""Selective Self-Attention (SSA): query, position and value temperatures.
+
+Paper: "Selective Attention: Enhancing Transformer through Principled Context Control"
+(Zhang, Chang, Li, Roy-Chowdhury, Chen, Oymak; NeurIPS 2024, arXiv 2411.12892).
+
+Equation (per head h, query i, key j)::
+
+    tau_i   = q_temperature[i, h] + position_strength[h] * log(n_i)
+    w_ij    = softmax_j( (tau_i q_i) . k_j * scale + bias_ij )
+    out_i   = sum_j w_ij * v_temperature[j] * v_j
+
+``n_i`` is the number of keys query ``i`` may see (row count of the mask: ``i + 1`` for causal
+attention, as the authors' code ``1 + s log(row_length)``; ``kv_len`` without a mask).
+Temperatures are inputs (``[B, Tq, H]``, ``[B, Tk, K]``, ``[H]``); the learned functions that
+produce them live in ``attnlab.nn.mechanisms_scores.SelectiveAttention``. With
+``q_temperature = 1``, ``position_strength = 0`` and ``v_temperature = 1`` this is softmax
+attention. Departures: the temperature multiplies q after RoPE; ``n_i`` counts the keys that
+the mask allows (segments, windows) rather than the raw position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.core import common
+from attnlab.core import softmax as softmax_lib
+from attnlab.core.mechanisms_scores import _common
+
+Array = jax.Array
+
+
+def visible_keys(mask, b: int, tq: int, tk: int) -> Array:
+  """Float32 ``[B|1, Tq]``: how many keys each query may attend to (at least 1)."""
+  allowed = softmax_lib.dense_mask(mask, tq, tk)
+  if allowed is None:
+    return jnp.full((1, tq), float(tk), jnp.float32)
+  n = jnp.sum(allowed[:, 0].astype(jnp.float32), axis=-1)
+  return jnp.maximum(n, 1.0)
+
+
+def selective_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+                        scale: float | None = None, softcap: float | None = None,
+                        alibi_slopes: Array | None = None, q_offset: Any = 0,
+                        head_mask: Array | None = None, return_weights: bool = False,
+                        q_temperature: Array | None = None, v_temperature: Array | None = None,
+                        position_strength: Array | None = None):
+  """SSA; q ``[B,Tq,H,D]``, k/v ``[B,Tk,K,D]`` -> ``[B,Tq,H,Dv]``.
+
+  ``q_temperature``: ``[B, Tq, H]`` (default 1). ``v_temperature``: ``[B, Tk, K]`` (default 1).
+  ``position_strength``: ``[H]`` or scalar ``s``; adds ``s * log(n_i)`` to the query
+  temperature (default 0).
+  """
+  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+                                                        alibi_slopes, head_mask)
+  b, tq, h, _ = q.shape
+  tk, kh = k.shape[1], k.shape[2]
+  tau = jnp.ones((1, tq, h), jnp.float32)
+  if q_temperature is not None:
+    q_temperature = jnp.asarray(q_temperature, jnp.float32)
+    if q_temperature.shape not in ((b, tq, h), (1, tq, h)):
+      raise ValueError(f"q_temperature must have shape [batch, q_len, heads]={(b, tq, h)}, "
+                       f"got {q_temperature.shape}")
+    tau = q_temperature
+  if position_strength is not None:
+    s = _common.head_param(position_strength, "position_strength", h)
+    n = visible_keys(mask, b, tq, tk)  # [B|1, Tq]
+    tau = tau + s[None, None, :] * jnp.log(n)[:, :, None]
+  qt = (q.astype(jnp.float32) * tau[..., None]).astype(q.dtype)
+  if v_temperature is not None:
+    v_temperature = jnp.asarray(v_temperature, jnp.float32)
+    if v_temperature.shape not in ((b, tk, kh), (1, tk, kh)):
+      raise ValueError(f"v_temperature must have shape [batch, kv_len, kv_heads]="
+                       f"{(b, tk, kh)}, got {v_temperature.shape}")
+    v = (v.astype(jnp.float32) * v_temperature[..., None]).astype(v.dtype)
+  logits = common.dense_logits(qt, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
+                               q_offset=q_offset)
+  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
