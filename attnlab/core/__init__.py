@@ -4,7 +4,7 @@
 functions; each is importable on its own (``softmax_attention``, ``chunked_attention``, ...).
 """
 
-from attnlab.core import masks
+from attnlab.core import masks, registry
 from attnlab.core.api import attention, choose_implementation
 from attnlab.core.chunked import chunked_attention
 from attnlab.core.common import alibi_slopes
@@ -16,10 +16,8 @@ from attnlab.core import catalogue  # noqa: F401  (registers the mechanism catal
 
 
 def _only_block_kwargs(**call):
-  extra = set(call) - {"q", "k", "v", "mask", "bias", "scale", "softcap", "alibi_slopes",
-                       "q_offset", "head_mask", "return_weights", "block_q", "block_k",
-                       "sigmoid_bias"}
-  return f"unexpected arguments {sorted(extra)}" if extra else None
+  return registry.unaccepted_kwargs(chunked_attention, {k: v for k, v in call.items()
+                                                        if k != "normalizer"})
 
 
 def _register_builtin() -> None:

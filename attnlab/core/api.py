@@ -19,7 +19,7 @@ AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 _plugins_loaded = False
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
   """Import optional implementations (Pallas kernels) that register themselves."""
   global _plugins_loaded
   if _plugins_loaded:
@@ -35,7 +35,7 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   """Resolve ``implementation`` ("auto" or a name) for a call; raises on unsupported."""
   mech = registry.get_mechanism(mechanism)
   if implementation in ("auto", "pallas"):
-    _load_plugins()
+    load_plugins()
   if not mech.implementations:
     raise ValueError(f"mechanism {mechanism!r} is a {mech.kind}-level mechanism with no pure "
                      "attention function; select it in a model config "
@@ -52,16 +52,26 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   platform = jax.default_backend()
   q, k = call["q"], call["k"]
   dense_bytes = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] * 4
-  for name in registry.AUTO_ORDER:
-    impl = mech.implementations.get(name)
-    if impl is None or (impl.auto_platforms and platform not in impl.auto_platforms):
+  reasons, supported = {}, []
+  order = [n for n in registry.AUTO_ORDER if n in mech.implementations]
+  order += [n for n in mech.implementations if n not in order]
+  for name in order:
+    impl = mech.implementations[name]
+    if impl.auto_platforms and platform not in impl.auto_platforms:
+      reasons[name] = f"not chosen automatically on {platform}"
       continue
-    if name == "chunked" and dense_bytes <= AUTO_DENSE_LIMIT_BYTES and (
-        "xla" in mech.implementations):
-      continue  # small problems: the dense path is faster and as light
-    if impl.supports(**call) is None:
-      return name
-  return next(iter(mech.implementations))
+    reason = impl.supports(**call)
+    if reason is None:
+      supported.append(name)
+    else:
+      reasons[name] = reason
+  if supported:
+    # Small problems: the dense path is faster and as light as the chunked one.
+    if (supported[0] == "chunked" and "xla" in supported
+        and dense_bytes <= AUTO_DENSE_LIMIT_BYTES):
+      return "xla"
+    return supported[0]
+  raise ValueError(f"no implementation of {mechanism!r} supports this call: {reasons}")
 
 
 def attention(q: Array, k: Array, v: Array, *, mechanism: str = "softmax", mask: Any = None,
@@ -105,3 +115,6 @@ def attention(q: Array, k: Array, v: Array, *, mechanism: str = "softmax", mask:
   return fn(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
             alibi_slopes=alibi_slopes, q_offset=q_offset, head_mask=head_mask,
             return_weights=return_weights, **kwargs)
+
+
+_load_plugins = load_plugins  # backwards-compatible private name

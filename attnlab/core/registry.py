@@ -14,6 +14,7 @@ implementation is a pure function with the shared signature::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 # Preference order used by implementation="auto" (first supported wins).
@@ -75,6 +76,18 @@ def register_mechanism(name: str, *, paper: str = "", description: str = "",
   return mech
 
 
+def unaccepted_kwargs(fn: Callable[..., Any], call: dict[str, Any]) -> str | None:
+  """A reason string if ``fn`` cannot take every keyword of ``call`` (by its signature)."""
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return None
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return None
+  extra = sorted(set(call) - set(params) - {"q", "k", "v"})
+  return f"unexpected arguments {extra}" if extra else None
+
+
 def register_implementation(mechanism: str, implementation: str, fn: Callable[..., Any], *,
                             supports: Callable[..., str | None] | None = None,
                             auto_platforms: tuple[str, ...] | None = None) -> None:
@@ -83,6 +96,8 @@ def register_implementation(mechanism: str, implementation: str, fn: Callable[..
   impl = Implementation(fn=fn, auto_platforms=auto_platforms)
   if supports is not None:
     impl.supports = supports
+  else:  # by default, refuse keywords the function does not take
+    impl.supports = lambda **call: unaccepted_kwargs(fn, call)
   _MECHANISMS[mechanism].implementations[implementation] = impl
 
 

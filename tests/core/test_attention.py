@@ -297,3 +297,18 @@ class ErrorTest(parameterized.TestCase):
     self.assertIn("softmax", names)
     self.assertIn("sigmoid", names)
     self.assertEqual(names, sorted(names))
+
+
+class DispatchTest(parameterized.TestCase):
+
+  def test_auto_skips_implementations_that_refuse_an_option(self):
+    q, k, v = rand_qkv()
+    # block_q is a chunked-only option: "auto" must pick chunked (xla does not take it),
+    # and asking for xla explicitly names the argument.
+    got = attnlab.attention(q, k, v, is_causal=True, block_q=4)
+    np.testing.assert_allclose(got, naive_attention(q, k, v, np.tril(np.ones((11, 13), bool))),
+                               atol=2e-5)
+    with pytest.raises(ValueError, match=r"block_q"):
+      attnlab.attention(q, k, v, implementation="xla", block_q=4)
+    with pytest.raises(ValueError, match=r"no implementation .* supports.*not_an_option"):
+      attnlab.attention(q, k, v, not_an_option=1)

@@ -1,0 +1,44 @@
+"""ConViT gated positional self-attention module (arXiv 2103.10697), 1-D, ending in
+``attnlab.core.mechanisms_scores.gpsa_attention``.
+
+Parameters per head: ``pos_weights`` ``v_pos = (p0, p1)`` on ``(delta^2, delta)``,
+``delta = j - i``, and the gate logit ``lambda`` (``sigmoid(lambda)`` = weight of positional
+attention). Locality init as the paper's: ``v_pos = alpha (-1, 2 Delta_h)`` with
+``alpha = locality_strength`` and head offsets ``Delta_h = -h`` (causal: head h looks h tokens
+back) or ``h - H // 2`` (bidirectional); ``lambda = gate_init`` (paper: 1). Departures: 1-D
+relative positions instead of 2-D patches; positions are the token index (``q_offset + i``).
+The catalogue uses ``model.position = "none"`` (ConViT's absolute patch embedding would be
+"learned"). Shapes: x ``[B, T, E]`` -> ``[B, T, E]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attnlab.core.mechanisms_scores import locality_pos_weights
+from attnlab.nn.mechanisms_scores._base import ScoresAttention, constant_init, make_param
+
+Array = jax.Array
+
+
+class GPSAttention(ScoresAttention):
+  kwarg_spec = {"locality_strength": ("float", 1.0), "gate_init": ("float", 1.0)}
+  module_kwargs = tuple(kwarg_spec)
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+    super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
+    h, pd = self.num_heads, self.param_dtype
+    offsets = (-jnp.arange(h) if self.causal else jnp.arange(h) - h // 2).astype(jnp.float32)
+    init_pos = locality_pos_weights(offsets, self.module_kwarg("locality_strength"))
+    self.pos_weights = make_param(rngs, constant_init(init_pos), (h, 2), ("heads", None), pd)
+    self.gate = make_param(rngs, constant_init(self.module_kwarg("gate_init")), (h,),
+                           ("heads",), pd)
+
+  def attend(self, q, k, v, *, mask, bias, q_offset, head_mask, return_weights):
+    return self.call_core(q, k, v, mask=mask, bias=bias, q_offset=q_offset,
+                          head_mask=head_mask, return_weights=return_weights,
+                          pos_weights=self.pos_weights[...], gate=self.gate[...])
