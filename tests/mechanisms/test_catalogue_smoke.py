@@ -35,6 +35,7 @@ def test_mechanism_trains_mqar(name, tmp_path):
   from attnlab.train import trainer
   config = _load_configs().get_config(f"{name},local")
   config.total_steps = 3
+  config.schedule.warmup_steps = 1  # the local config warms up for 5 steps
   config.log_every = 1
   config.eval_every = 3
   config.eval_steps = 1

@@ -10,10 +10,10 @@ query, key **and** value::
 
 In the token-major layout of this package ``w = x U`` ``[B, T, H, D]`` and
 ``crate_attention(w, w, w)`` is the per-head SSA (softmax over keys, ``scale = 1/sqrt(D)`` as
-in the official code). ``crate_mssa(w)`` is that call. Departures: the paper's
-output operator is ``(p / (N eps^2)) [U_1, ..., U_H]``; ``attnlab.nn.mechanisms_scores.
-CRATEAttention`` uses a separate learned output projection as the authors' code does. Masks
-(causal for a decoder) apply as usual.
+in the official code). ``crate_mssa(w)`` is that call. Departures: the paper's output
+operator is ``(p / (N eps^2)) [U_1, ..., U_H]``; ``attnlab.nn.mechanisms_scores.CRATEAttention``
+uses a separate learned output projection as the authors' code does. CRATE's ISTA block (in
+place of the MLP) is not part of this mechanism. Masks (causal for a decoder) apply as usual.
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ def crate_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | No
                     alibi_slopes: Array | None = None, q_offset: Any = 0,
                     head_mask: Array | None = None, return_weights: bool = False):
   """Per-head SSA. In CRATE ``q``, ``k`` and ``v`` are the same ``[B, T, H, D]`` array
-  ``x U``; this is checked on shapes only (the math is softmax attention)."""
-  if not (q.shape == k.shape == v.shape):
-    raise ValueError("crate attention uses one projection as query, key and value: q, k and v "
-                     f"must have the same shape, got q {q.shape}, k {k.shape}, v {v.shape}")
+  ``x U`` (with a KV cache, k = v = the cached ``x U`` and q its last rows). Checked on shapes
+  only: k and v identical shapes, q with their heads and width (the math is softmax
+  attention)."""
+  if k.shape != v.shape or q.shape[2:] != k.shape[2:] or q.shape[0] != k.shape[0]:
+    raise ValueError("crate attention uses one projection as query, key and value: k and v must "
+                     "have the same shape and q the same batch, heads and head_dim, got q "
+                     f"{q.shape}, k {k.shape}, v {v.shape}")
   mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,

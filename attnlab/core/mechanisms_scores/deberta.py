@@ -2,7 +2,7 @@
 position-to-content).
 
 Paper: "DeBERTa: Decoding-enhanced BERT with Disentangled Attention" (He, Liu, Gao, Chen;
-arXiv 2006.03654), Eq. (4)::
+arXiv 2006.03654), the attention with relative positions::
 
     A_ij = q_i . k_j  +  q_i . k_r[d(i, j)]  +  k_j . q_r[d(j, i)]
     w_ij = softmax_j(A_ij / sqrt(3 D) + bias_ij),   out_i = sum_j w_ij v_j
@@ -15,8 +15,7 @@ the decoder use is the paper's scores under a causal mask.
 
 Options: ``log_buckets=True`` maps distances through DeBERTa-v2's log buckets (bucket size
 ``m``: exact for ``|i - j| <= m / 2``, logarithmic up to ``max_position - 1`` -> ``m - 1``)
-before the shift and clip, as in DeBERTa-v2/v3 (which share ``P`` across layers and the
-content projections; here every layer has its own). With ``q_r`` or
+before the shift and clip, as DeBERTa-v2/v3 do. With ``q_r`` or
 ``k_r`` omitted the corresponding term is dropped and the scale becomes ``1/sqrt(n D)``, ``n``
 the number of terms (``n = 1``: softmax attention).
 """
@@ -72,7 +71,7 @@ def deberta_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | 
   """
   if not isinstance(max_distance, int) or max_distance <= 0:
     raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
-  b, tq, h, d = q.shape
+  _, tq, h, d = q.shape
   tk = k.shape[1]
   n_terms = 1 + (q_r is not None) + (k_r is not None)
   scale = 1.0 / math.sqrt(n_terms * d) if scale is None else scale

@@ -1,7 +1,7 @@
 """ConViT gated positional self-attention (GPSA), 1-D.
 
 Paper: "ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases"
-(d'Ascoli et al., arXiv 2103.10697), Eq. (5)::
+(d'Ascoli et al., arXiv 2103.10697), GPSA::
 
     A_ij = (1 - sigmoid(lambda_h)) softmax_j(q_i . k_j * scale + bias_ij)
            + sigmoid(lambda_h)     softmax_j(v_pos_h . r_ij)
@@ -58,7 +58,7 @@ def gpsa_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | Non
   """
   mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
-  b, tq, h, _ = q.shape
+  tq, h = q.shape[1], q.shape[2]
   tk = k.shape[1]
   allowed = softmax_lib.dense_mask(mask, tq, tk)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,

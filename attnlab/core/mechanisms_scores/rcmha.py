@@ -3,7 +3,7 @@
 Paper: "RCMHA: Relative Convolutional Multi-Head Attention for Natural Language Modelling"
 (Sugiharto, Aradea, Mubarok; arXiv 2308.03429). RCMHA = depth-wise convolution of the Q/K/V
 projections (done by ``attnlab.nn.mechanisms_scores.RCMHAttention``) + relative positional
-scores "as in Transformer-XL" (Dai et al., arXiv 1901.02860, Eq. in Sec. 3.3), which this
+scores "as in Transformer-XL" (Dai et al., arXiv 1901.02860, Sec. 3.3), which this
 function computes::
 
     A_ij = (q_i + u) . k_j  +  (q_i + w) . r[c(i - j)]
@@ -49,7 +49,7 @@ def rcmha_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | No
     raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
   mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
-  b, tq, h, d = q.shape
+  tq, h, d = q.shape[1:]
   tk = k.shape[1]
   for name, t in (("u", u), ("w", w)):
     if t is not None and t.shape != (h, d):

@@ -14,8 +14,8 @@ attention, as the authors' code ``1 + s log(row_length)``; ``kv_len`` without a 
 Temperatures are inputs (``[B, Tq, H]``, ``[B, Tk, K]``, ``[H]``); the learned functions that
 produce them live in ``attnlab.nn.mechanisms_scores.SelectiveAttention``. With
 ``q_temperature = 1``, ``position_strength = 0`` and ``v_temperature = 1`` this is softmax
-attention. Departures: the temperature multiplies q after RoPE; ``n_i`` counts the keys that
-the mask allows (segments, windows) rather than the raw position.
+attention. Departures: ``n_i`` counts the keys that the mask allows (segments, windows, cache
+validity) rather than the raw position; the module applies the temperature to q after RoPE.
 """
 
 from __future__ import annotations
