@@ -44,8 +44,8 @@ def _load_variants() -> None:
   """Import ``attnlab.nn.variants`` once (registers its norms; it imports this module)."""
   global _variants_loaded
   if not _variants_loaded:
-    _variants_loaded = True
     import attnlab.nn.variants  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    _variants_loaded = True
 
 
 def _call_factory(factory: Callable[..., nnx.Module], *args: Any, layer_index: int | None,
@@ -317,9 +317,11 @@ class TransformerStack(nnx.Module):
                mask: masks.Mask | None = None, deterministic: bool = True,
                head_masks: Array | None = None, attn_biases: Any = None,
                record_weights_layers: Sequence[int] = (), decode: bool = False,
-               ) -> tuple[Array, dict[int, Array]]:
+               return_hiddens: bool = False) -> tuple[Array, dict[int, Array]]:
     """Returns ``(x, {layer: weights [B, H, T, S]})`` for the layers in
-    ``record_weights_layers`` (static Python ints)."""
+    ``record_weights_layers`` (static Python ints); with ``return_hiddens`` also the list of
+    every block's output ``(x, weights, hiddens)`` (use it rather than looping over
+    ``blocks``: the stack routes EchoAtt anchor weights between layers)."""
     check_layer_inputs(head_masks, attn_biases, self.num_layers, self.num_heads)
     record = set()
     for layer in record_weights_layers:
@@ -332,6 +334,7 @@ class TransformerStack(nnx.Module):
     sources = dict(self.echo_sources)
     anchors = set(sources.values())
     anchor_weights: dict[int, Array] = {}
+    hiddens: list[Array] = []
     for i, block in enumerate(self.blocks):
       hm = None if head_masks is None else head_masks[i]
       bias = None if attn_biases is None else attn_biases[i]
@@ -348,7 +351,8 @@ class TransformerStack(nnx.Module):
           anchor_weights[i] = w
       else:
         x = out
-    return x, weights
+      hiddens.append(x)
+    return (x, weights, hiddens) if return_hiddens else (x, weights)
 
 
 __all__ = ["TransformerBlock", "TransformerStack", "GeluMLP", "SwiGLUMLP", "make_norm",
