@@ -94,10 +94,17 @@ class StepBuilder:
   micro_constraint: Callable[[Batch], Batch] | None = None
 
   def forward(self, params, model_state, batch, rngs, deterministic):
+    """``(logits, new_model_state, aux_loss)``.
+
+    ``aux_loss`` is the sum of every value a module sowed as ``nnx.Intermediate`` named
+    "aux_loss" (e.g. the attention diversification loss of TAP/ADL), float32 scalar; each
+    module scales its own term. Capturing also keeps sown values out of the model state.
+    """
     model = nnx.merge(self.graphdef, params, rngs, model_state)
-    logits = _model_call(model, batch, self.task, deterministic)
+    logits, captured = nnx.capture(
+        lambda m: _model_call(m, batch, self.task, deterministic), nnx.Intermediate)(model)
     _, _, _, new_state = split_model(model)
-    return logits, new_state
+    return logits, new_state, sum_aux_losses(captured)
 
   def init_state(self, params, model_state) -> dict[str, Any]:
     state = dict(step=jnp.zeros((), jnp.int32), params=params,
@@ -113,8 +120,12 @@ class StepBuilder:
 
     def loss_fn(p, ms, mb, micro):
       rngs = fresh_rngs(self.rng_template, self.seed, step, micro)
-      logits, new_ms = self.forward(p, ms, mb, rngs, deterministic=False)
+      logits, new_ms, aux = self.forward(p, ms, mb, rngs, deterministic=False)
       stats = loss_stats(logits, mb, self.task)
+      # The objective is normalised by the weight sum later: scale the auxiliary term so that
+      # it enters the mean loss exactly once.
+      stats["aux_sum"] = aux * stats["weight_sum"]
+      stats["loss_sum"] = stats["loss_sum"] + stats["aux_sum"]
       loss_sum = stats["loss_sum"]
       if self.debug_nan_at_step >= 0:  # NaN in the update that produces that step
         loss_sum = loss_sum * jnp.where(step + 1 == self.debug_nan_at_step, jnp.nan, 1.0)
@@ -140,7 +151,7 @@ class StepBuilder:
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s), ms), None
 
       zeros_s = dict(loss_sum=jnp.float32(0), weight_sum=jnp.float32(0),
-                     correct_sum=jnp.float32(0))
+                     correct_sum=jnp.float32(0), aux_sum=jnp.float32(0))
       init = (jax.tree.map(jnp.zeros_like, params), zeros_s, model_state)
       (grads, stats, new_ms), _ = jax.lax.scan(body, init, (jnp.arange(k), micro))
 
@@ -161,6 +172,7 @@ class StepBuilder:
       new_state["model_state"] = keep_if_bad(new_ms, model_state)
     metrics = {
         "train/loss": loss,
+        "train/aux_loss": stats["aux_sum"] / denom,
         "train/accuracy": stats["correct_sum"] / denom,
         "train/weight_sum": stats["weight_sum"],
         "train/lr": self.schedule(step),
@@ -171,9 +183,18 @@ class StepBuilder:
 
   def eval_step(self, state: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
     rngs = fresh_rngs(self.rng_template, self.seed, 0, 0)
-    logits, _ = self.forward(state["params"], state.get("model_state", {}), batch, rngs,
-                             deterministic=True)
+    logits, _, _ = self.forward(state["params"], state.get("model_state", {}), batch, rngs,
+                                deterministic=True)
     return loss_stats(logits, batch, self.task)
+
+
+def sum_aux_losses(captured: Any) -> jax.Array:
+  """Sum of the captured intermediates whose path names "aux_loss" (0.0 if none)."""
+  total = jnp.float32(0.0)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(captured):
+    if "aux_loss" in jax.tree_util.keystr(path):
+      total = total + jnp.sum(jnp.asarray(leaf, jnp.float32))
+  return total
 
 
 def all_finite(tree: Any) -> jax.Array:
