@@ -7,11 +7,13 @@ raise a ValueError (typos are not silently ignored).
 
 Keys (every task):
   name                       "mqar" | "copying" | "selective_copying" | "bytes" | "tfds"
+                             | "mqar_classification"
   seq_len                    int, length of inputs/targets/weights
   read_num_threads           int, grain reader threads (0 = read in the caller's thread)
   read_prefetch_buffer_size  int, batches prefetched by those threads
 
-Synthetic tasks ("mqar", "copying", "selective_copying"; see synthetic.py):
+Synthetic tasks ("mqar", "copying", "selective_copying", "mqar_classification"; see
+synthetic.py):
   vocab_size                 int, token vocabulary (ids 0 and 1 are PAD/blank and SEP)
   num_train_examples         int, size of the (fixed) training set
   num_validation_examples    int, size of the validation set
@@ -24,6 +26,9 @@ Synthetic tasks ("mqar", "copying", "selective_copying"; see synthetic.py):
   query_distribution         "power_law" (Zoology) | "uniform" query placement
   power_a                    float, power-law parameter a (Zoology: 0.01)
   random_non_queries         bool, random filler tokens in the query region (Zoology)
+"mqar_classification" (same keys as "mqar"; examples are {"inputs", "weights",
+"label"}: the label is the value of the key at the final position, minus vocab_size // 2;
+``num_classes(cfg) = vocab_size - vocab_size // 2``; num_queries counts that final query)
 "copying" also:
   copy_len                   int, tokens to copy; 0 = seq_len // 2
 "selective_copying" also:
@@ -85,8 +90,9 @@ from attnlab.data import text
 from attnlab.data import tfds_source
 from attnlab.data._checks import check_int
 
-DATASET_NAMES = ("mqar", "copying", "selective_copying", "bytes", "tfds")
-SYNTHETIC_NAMES = ("mqar", "copying", "selective_copying")
+DATASET_NAMES = ("mqar", "copying", "selective_copying", "bytes", "tfds",
+                 "mqar_classification")
+SYNTHETIC_NAMES = ("mqar", "copying", "selective_copying", "mqar_classification")
 SPLITS = ("train", "validation")
 
 _COMMON = dict(read_num_threads=2, read_prefetch_buffer_size=16)
@@ -96,6 +102,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "mqar": dict(seq_len=256, vocab_size=8192, **_SYNTHETIC, num_kv_pairs=16,
                  num_queries=0, query_distribution="power_law", power_a=0.01,
                  random_non_queries=True),
+    "mqar_classification": dict(seq_len=256, vocab_size=8192, **_SYNTHETIC, num_kv_pairs=16,
+                                num_queries=0, query_distribution="power_law", power_a=0.01,
+                                random_non_queries=True),
     "copying": dict(seq_len=128, vocab_size=32, **_SYNTHETIC, copy_len=0),
     "selective_copying": dict(seq_len=256, vocab_size=16, **_SYNTHETIC,
                               num_tokens_to_copy=16),
@@ -152,11 +161,15 @@ def vocab_size(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> int:
 
 
 def num_classes(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> int:
-  """Number of classes of a "tfds" classification task (cfg or TFDS info)."""
+  """Number of classes of a classification task: "mqar_classification" (``vocab_size -
+  vocab_size // 2``) or "tfds" classification (cfg or TFDS info)."""
   cfg = resolve_config(cfg)
+  if cfg.name == "mqar_classification":
+    return int(cfg.vocab_size) - int(cfg.vocab_size) // 2
   if cfg.name != "tfds" or cfg.tfds_format != "classification":
     raise ValueError(
-        "num_classes needs name='tfds' and tfds_format='classification', got "
+        "num_classes needs name='mqar_classification', or name='tfds' and "
+        "tfds_format='classification', got "
         f"name={cfg.name!r}" + (f", tfds_format={cfg.tfds_format!r}."
                                 if cfg.name == "tfds" else "."))
   if cfg.num_classes > 0:
@@ -181,8 +194,10 @@ def source_dataset(cfg: ml_collections.ConfigDict | Mapping[str, Any],
                   seed=cfg.data_seed, split=split,
                   num_examples=(cfg.num_train_examples if split == "train"
                                 else cfg.num_validation_examples))
-    if cfg.name == "mqar":
-      return synthetic.mqar_dataset(
+    if cfg.name in ("mqar", "mqar_classification"):
+      make = (synthetic.mqar_dataset if cfg.name == "mqar"
+              else synthetic.mqar_classification_dataset)
+      return make(
           **common, num_kv_pairs=cfg.num_kv_pairs, num_queries=cfg.num_queries,
           query_distribution=cfg.query_distribution, power_a=cfg.power_a,
           random_non_queries=cfg.random_non_queries)

@@ -32,6 +32,11 @@ Tasks:
 * copying: ``c_1 .. c_L SEP c_1 .. c_L`` then ``PAD_ID`` padding; the answer
   positions are the ``L`` positions from ``SEP`` on. Content tokens are uniform
   in ``[2, vocab_size)``.
+* MQAR classification (``MQARClassificationSource``): an MQAR sequence whose last
+  query key is moved to the final position; the example is classified by that key's value
+  (``label = value - vocab_size // 2``, ``num_classes = vocab_size - vocab_size // 2``).
+  Format ``{"inputs" int32 [seq_len], "weights" float32 [seq_len] (all 1), "label" int32 []}``
+  (as "tfds" classification). For encoder classifiers and pooling heads.
 * selective copying (Mamba, arXiv 2312.00752): ``num_tokens_to_copy`` content
   tokens (uniform in ``[2, vocab_size)``) at random increasing positions of a
   ``seq_len - num_tokens_to_copy`` long context filled with the blank token
@@ -210,6 +215,64 @@ class MQARSource(SyntheticSource):
                 random_non_queries=self.random_non_queries)
 
 
+class MQARClassificationSource(MQARSource):
+  """MQAR as sequence classification: the label is the value of the final queried key.
+
+  The sequence is an MQAR input (``k1 v1 ... kN vN``, then a query region with
+  ``num_queries - 1`` earlier queries placed as in ``MQARSource``, each followed by filler
+  tokens, never by their values), and its last token ``inputs[-1]`` is one more queried key
+  (distinct from the earlier queries). ``label = value(inputs[-1]) - vocab_size // 2``.
+  ``num_queries`` (0/None = all keys, as MQAR) counts the final query; needs
+  ``2 * num_kv_pairs + 2 * max(num_queries - 1, 1) + 1 <= seq_len``.
+  """
+
+  def __init__(self, *, seq_len: int, vocab_size: int, num_kv_pairs: int,
+               num_examples: int, seed: int = 0, split: str = "train",
+               num_queries: int | None = None,
+               query_distribution: str = "power_law", power_a: float = 0.01,
+               random_non_queries: bool = True):
+    kv = check_int("num_kv_pairs", num_kv_pairs, minimum=1)
+    nq = kv if num_queries is None or num_queries == 0 else check_int(
+        "num_queries", num_queries, minimum=1, maximum=kv)
+    seq_len = check_int("seq_len", seq_len, minimum=2)
+    need = 2 * kv + 2 * max(nq - 1, 1) + 1
+    if need > seq_len:
+      raise ValueError(
+          f"seq_len must be >= 2 * num_kv_pairs + 2 * max(num_queries - 1, 1) + 1 = {need}, "
+          f"got seq_len={seq_len} (num_kv_pairs={kv}, num_queries={nq}).")
+    # The earlier queries use MQAR's placement over the region before the final token.
+    super().__init__(seq_len=seq_len - 1, vocab_size=vocab_size, num_kv_pairs=kv,
+                     num_examples=num_examples, seed=seed, split=split,
+                     num_queries=max(nq - 1, 1), query_distribution=query_distribution,
+                     power_a=power_a, random_non_queries=random_non_queries)
+    self.seq_len = seq_len
+    self.num_queries = nq
+    self.num_classes = self.vocab_size - self.vocab_size // 2
+
+  def generate(self, rng: np.random.Generator) -> Example:
+    half = self.vocab_size // 2
+    kv, ctx = self.num_kv_pairs, self.context_len
+    keys = rng.choice(half - 1, size=kv, replace=False) + 1
+    values = rng.choice(self.vocab_size - half, size=kv, replace=False) + half
+    order = rng.permutation(kv)
+    final, earlier = order[0], order[1:self.num_queries]
+    inputs = np.full(self.seq_len, PAD_ID, dtype=np.int64)
+    inputs[0:ctx:2] = keys
+    inputs[1:ctx:2] = values
+    if self.random_non_queries:
+      inputs[ctx:] = rng.integers(0, self.vocab_size, size=self.seq_len - ctx)
+    if len(earlier):
+      gaps = rng.choice(self.num_query_slots, size=len(earlier), replace=False,
+                        p=self._gap_probs)
+      inputs[ctx + 2 * gaps] = keys[earlier]
+    inputs[-1] = keys[final]
+    return {
+        "inputs": inputs.astype(np.int32),
+        "weights": np.ones(self.seq_len, dtype=np.float32),
+        "label": np.asarray(values[final] - half, dtype=np.int32),
+    }
+
+
 class CopyingSource(SyntheticSource):
   """Copying: ``c_1..c_L SEP c_1..c_L PAD...``; answers from ``SEP`` on.
 
@@ -284,6 +347,11 @@ class SelectiveCopyingSource(SyntheticSource):
 def mqar_dataset(**kwargs: Any) -> grain.MapDataset:
   """``grain.MapDataset`` over ``MQARSource(**kwargs)``."""
   return grain.MapDataset.source(MQARSource(**kwargs))
+
+
+def mqar_classification_dataset(**kwargs: Any) -> grain.MapDataset:
+  """``grain.MapDataset`` over ``MQARClassificationSource(**kwargs)``."""
+  return grain.MapDataset.source(MQARClassificationSource(**kwargs))
 
 
 def copying_dataset(**kwargs: Any) -> grain.MapDataset:

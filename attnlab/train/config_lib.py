@@ -302,7 +302,7 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
     model_defaults = None
     errors.append(f"cannot import attnlab.models to check config.model: {e}")
   if model_defaults is not None:
-    _unknown_keys(errors, "model.", model, model_defaults, free=("kwargs",))
+    _unknown_keys(errors, "model.", model, model_defaults, free=("kwargs", "pooling_kwargs"))
   if model.get("name") not in MODEL_NAMES:
     errors.append(f"config.model.name={model.get('name')!r} must be one of "
                   f"{list(MODEL_NAMES)}")

@@ -57,7 +57,8 @@ def _model_config(config: ConfigDict) -> ConfigDict:
   cfg = ConfigDict(config.model.to_dict())
   if cfg.name == "encoder_classifier":
     d = data_lib.resolve_config(config.data)
-    if d.name == "tfds" and d.tfds_format == "classification":
+    if (d.name == "tfds" and d.tfds_format == "classification") or (
+        d.name == "mqar_classification"):
       cfg.num_classes = data_lib.num_classes(d)
   return cfg
 

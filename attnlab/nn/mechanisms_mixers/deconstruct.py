@@ -17,13 +17,16 @@ paper's equations are in ``attnlab.core.mechanisms_mixers.deconstruct``.
   (the pre-normed embeddings ``LN_0(Emb(t) [+ absolute positions])``) to the later layers of
   the same stack through a shared ``StaticInputTap``; layers > 0 project Q, K from it.
   Departure: the paper uses ``Emb(t)`` itself; here it is layer 0's normalised attention input
-  (the block is pre-LN). Needs layer 0 to be this mechanism too unless the caller passes
-  ``embeddings=`` (a stack hook). Ends in softmax attention (KV cache, GQA, RoPE, head masks,
-  biases and weights as ``MultiHeadAttention``).
+  (the block is pre-LN). Needs layer 0 to be this mechanism too (so the paper's hybrid with
+  standard attention at layer 0 needs a stack hook) unless the caller passes ``embeddings=``
+  (e.g. the stack input ``Emb(t)``, which is then used as is, as in the paper). Ends in
+  softmax attention (KV cache, GQA, RoPE, head masks, biases and weights as
+  ``MultiHeadAttention``).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import jax
@@ -133,8 +136,9 @@ class StaticInputTap(nnx.Module):
     self.readers: tuple[int, ...] = ()
 
 
-# Taps of stacks under construction, keyed by the id of the ``rngs`` all their layers share.
-_TAPS: dict[int, StaticInputTap] = {}
+# Taps of stacks under construction, keyed by the ``rngs`` object all their layers share
+# (weakly: an entry dies with its rngs, so a later model can never pick up a stale tap).
+_TAPS: "weakref.WeakKeyDictionary[nnx.Rngs, StaticInputTap]" = weakref.WeakKeyDictionary()
 
 
 class StaticEmbQKAttention(MultiHeadAttention):
@@ -147,8 +151,8 @@ class StaticEmbQKAttention(MultiHeadAttention):
                   rngs: nnx.Rngs) -> "StaticEmbQKAttention":
     module = super().from_config(cfg, layer_index=layer_index, causal=causal, rngs=rngs)
     if layer_index == 0:
-      _TAPS[id(rngs)] = StaticInputTap()
-    tap = _TAPS.get(id(rngs))
+      _TAPS[rngs] = StaticInputTap()
+    tap = _TAPS.get(rngs)
     if tap is not None:
       tap.readers = tap.readers + (layer_index,)
     module.layer_index = layer_index

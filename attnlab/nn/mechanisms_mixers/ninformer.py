@@ -53,5 +53,5 @@ class NiNformerMixer(TokenMixer):
     no_weights(self.mechanism, head_mask, bias, return_weights)
     t = x.shape[1]
     allowed = None if mask is None else mask.dense(t, t)
-    p = {k: v[...] for k, v in self.params.items()}
+    p = {k: self.params[k][...] for k in core.PARAM_SHAPES}  # (not .items(): see pooling)
     return core.ninformer_mixing(x, p, allowed=allowed).astype(self.dtype)

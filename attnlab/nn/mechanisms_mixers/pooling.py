@@ -115,13 +115,15 @@ class MultiLayerPool(PoolingHead):
     }
     self.params = nnx.Dict({name: make_param(rngs, init, shape, names)
                             for name, (shape, init, names) in shapes.items()})
+    self.param_names = tuple(shapes)
     self.out_dim = d
 
   def __call__(self, x: Array, *, valid: Array | None = None,
                hiddens: Array | None = None) -> Array:
     if hiddens is None:
       raise ValueError("multilayer_pool needs every layer's hidden states (hiddens=)")
-    p = {k: v[...] for k, v in self.params.items()}
+    # Index by name: iterating an nnx.Dict inside nnx.capture also yields its "__captures__".
+    p = {k: self.params[k][...] for k in self.param_names}
     return core.multilayer_trainable_pool(hiddens, p, num_heads=self.num_heads, valid=valid,
                                           summary=self.opt("summary"),
                                           normalize=self.opt("normalize"))
