@@ -63,12 +63,14 @@ def compiled_stats(jitted: Callable[..., Any], *args) -> dict[str, Any]:
   return out
 
 
-def write_json(kind: str, payload: dict[str, Any], out_dir: str = "results") -> str:
-  """Write ``results/<device>/<kind>-<timestamp>.json``; returns the path."""
+def write_json(kind: str, payload: dict[str, Any], out_dir: str = "results",
+               path: str | None = None) -> str:
+  """Write ``results/<device>/<kind>-<timestamp>.json`` (or rewrite ``path``); returns it."""
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-  folder = os.path.join(out_dir, device_slug())
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f"{kind}-{stamp}.json")
+  if path is None:
+    folder = os.path.join(out_dir, device_slug())
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{kind}-{stamp}.json")
   with open(path, "w") as f:
     json.dump({"benchmark": kind, "device": device_info(), "utc": stamp, **payload}, f, indent=2)
   return path

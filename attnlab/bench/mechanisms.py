@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
   unknown = sorted(set(names) - set(attnlab.list_mechanisms()))
   if unknown:
     raise ValueError(f"--only: unknown mechanisms {unknown}; known: {attnlab.list_mechanisms()}")
-  rows = []
+  rows, path = [], None
   for seq in a.seq:
     for i, name in enumerate(names):
       print(f"[{i + 1}/{len(names)}] seq {seq} {name}", flush=True)
@@ -95,6 +95,10 @@ def main(argv: list[str]) -> None:
         row["error"] = f"{type(e).__name__}: {e}"[:300]
         traceback.print_exc()
       rows.append(row)
+      # Rewrite the JSON after every row so a stopped run keeps what it measured.
+      path = harness.write_json("mechanisms", {"rows": rows, "complete": False}, a.out,
+                                path=path)
+  path = harness.write_json("mechanisms", {"rows": rows, "complete": True}, a.out, path=path)
   harness.print_table(rows, ["mechanism", "kind", "seq", "params", "gflops", "temp_mib",
                              "median_s", "error"])
-  print(f"wrote {harness.write_json('mechanisms', {'rows': rows}, a.out)}")
+  print(f"wrote {path}")
