@@ -5,8 +5,8 @@
 #
 #   NAME     TPU VM name (gcloud compute tpus tpu-vm create NAME ...)
 #   ZONE     its zone, e.g. us-central2-b
-#   WORKDIR  shared output folder, e.g. gs://my-bucket/attnlab/run1 (orbax writes gs:// paths;
-#            every host must see the same folder)
+#   WORKDIR  output folder every host sees at the same path: a bucket mounted with gcsfuse
+#            (e.g. /gcs/my-bucket/attnlab/run1) or an NFS/Filestore mount
 #   CONFIG   config file[:arg] relative to the repo (default configs/lm_bytes.py)
 #
 # Environment:
@@ -19,7 +19,7 @@
 # auto-detects the TPU pod (coordinator, process count and index come from the TPU metadata),
 # each host loads its own shard of every batch, and process 0 writes metrics.jsonl / tb.
 # Example:
-#   launch/tpu_pod.sh my-v4-32 us-central2-b gs://bucket/lm configs/lm_bytes.py \
+#   launch/tpu_pod.sh my-v4-32 us-central2-b /gcs/bucket/lm configs/lm_bytes.py \
 #       -- --config.batch_size=256 --config.mesh.shape='(-1,1,1)'
 set -euo pipefail
 
@@ -31,7 +31,8 @@ NAME=$1; ZONE=$2; WORKDIR=$3; shift 3
 CONFIG=configs/lm_bytes.py
 if [[ $# -gt 0 && $1 != "--" ]]; then CONFIG=$1; shift; fi
 if [[ $# -gt 0 && $1 == "--" ]]; then shift; fi
-EXTRA=$(printf ' %q' "$@")
+EXTRA=""
+if (( $# )); then EXTRA=$(printf ' %q' "$@"); fi
 REPO_DIR=${REPO_DIR:-'~/attnlab'}
 PYTHON=${PYTHON:-python3}
 PROJECT_FLAG=()

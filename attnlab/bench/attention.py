@@ -208,7 +208,7 @@ def main(argv: list[str]) -> dict[str, Any]:
   platform = jax.default_backend()
   if a.no_autotune:
     os.environ["ATTNLAB_AUTOTUNE"] = "0"
-  dtype = a.dtype or ("float32" if platform == "cpu" else "bfloat16")
+  dtype = a.dtype or (TARGET["dtype"] if a.target or platform != "cpu" else "float32")
   if a.quick:
     seqs, dims, batch, heads = a.seq or [128, 256], a.head_dim or [64], 1, 2
     runs = a.runs or 2

@@ -5,6 +5,9 @@ d_model 64, 4 heads, batch 1) and each sequence length (default 1k and 8k): para
 forward+backward FLOPs from XLA's ``cost_analysis`` (loops counted once by XLA, so the
 chunked path's figure is a lower bound), compiled temporary memory (``memory_analysis``) and
 the median time of a loss+gradient step. One table, one JSON file.
+
+Needs a source checkout (it reads ``configs/mechanisms.py`` beside the package), as after
+the README's ``pip install -e .``.
 """
 
 from __future__ import annotations

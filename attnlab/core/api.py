@@ -17,6 +17,7 @@ Array = jax.Array
 AUTO_DENSE_LIMIT_BYTES = 64 * 2**20
 
 _plugins_loaded = False
+_plugin_error: Exception | None = None  # why attnlab.kernels failed to import, if it did
 
 
 def load_plugins() -> None:
@@ -24,11 +25,12 @@ def load_plugins() -> None:
   global _plugins_loaded
   if _plugins_loaded:
     return
+  global _plugin_error
   _plugins_loaded = True
   try:
     importlib.import_module("attnlab.kernels")
-  except ImportError:  # kernels are optional for users of attnlab.core only
-    pass
+  except ImportError as e:  # kernels are optional for users of attnlab.core only
+    _plugin_error = e
 
 
 def choose_implementation(mechanism: str, implementation: str, **call: Any) -> str:
@@ -42,8 +44,11 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
                      f"({mech.config or 'see its docstring'}) or build it with attnlab.nn")
   if implementation != "auto":
     if implementation not in mech.implementations:
+      why = (f" (attnlab.kernels failed to import: {_plugin_error!r})"
+             if implementation == "pallas" and _plugin_error is not None else "")
       raise ValueError(f"unknown implementation {implementation!r} for mechanism "
-                       f"{mechanism!r}; available: {sorted(mech.implementations)} or 'auto'")
+                       f"{mechanism!r}; available: {sorted(mech.implementations)} or 'auto'"
+                       f"{why}")
     reason = mech.implementations[implementation].supports(**call)
     if reason:
       raise ValueError(f"implementation {implementation!r} of {mechanism!r} does not support "

@@ -424,7 +424,7 @@ def get_attention_module(mechanism: str) -> type:
       raise ValueError(
           f"attention mechanism {mechanism!r} (kind {kind!r}) has no NNX attention module: "
           "register one with attnlab.nn.register_attention_module (modules in "
-          f"attnlab/nn/mechanisms/ are imported automatically); valid mechanisms: {valid}")
+          f"a subpackage of attnlab/nn/ are imported automatically); valid mechanisms: {valid}")
     raise ValueError(f"{mechanism!r} is a {kind!r} mechanism, not an attention mechanism "
                      f"(select it with the config overrides {getattr(mech, 'config', {})}); "
                      f"valid attention mechanisms: {valid}")

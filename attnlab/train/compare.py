@@ -7,6 +7,9 @@ entry's overrides) for the same number of steps, batch and eval schedule, in its
 ``WORKDIR/<name>``. A finished run is not repeated (its metrics are reused) and a stopped one
 resumes from its checkpoint. Writes ``WORKDIR/summary.md``, ``WORKDIR/summary.json`` and
 ``WORKDIR/accuracy.png``; a mechanism that fails is reported in the table, not fatal.
+
+Needs a source checkout (it reads ``configs/mechanisms.py`` beside the package), as after
+the README's ``pip install -e .``.
 """
 
 from __future__ import annotations

@@ -222,6 +222,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   :class:`config_lib.ConfigError` on a bad config.
   """
   config_lib.validate_config(config)
+  if "://" in str(workdir):
+    raise ValueError(f"workdir must be a local or shared-file-system path, got the URL "
+                     f"{workdir!r}; mount the bucket (e.g. gcsfuse at /gcs/<bucket>) and pass "
+                     "that path")
   workdir_path = Path(workdir).absolute()
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
