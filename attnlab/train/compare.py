@@ -56,6 +56,31 @@ def run_one(name: str, workdir: Path, steps: int, eval_every: int, local: bool) 
           "wall_s": None if done else round(time.time() - t0, 1)}
 
 
+def plot_accuracy(root: Path, names: list[str], title: str) -> Path:
+  """One line per mechanism (best first), legend outside the axes; ``root/accuracy.png``."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from attnlab.train.metrics import read_metrics
+  from attnlab.train.plot import series
+  fig, ax = plt.subplots(figsize=(12, 6))
+  cmap = plt.get_cmap("tab20")
+  for i, name in enumerate(names):
+    xs, ys = series(read_metrics(root / name), "eval/accuracy")
+    ax.plot(xs, ys, marker="o", ms=3, lw=2.2 if i < 3 else 1.0, color=cmap(i % 20),
+            ls="-" if i < 20 else "--", label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel("eval accuracy (answer positions)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=2, fontsize=8)
+  fig.tight_layout()
+  out = root / "accuracy.png"
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m attnlab.train.compare", description=__doc__)
   p.add_argument("--workdir", required=True)
@@ -66,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
   a = p.parse_args(argv)
   import attnlab
   import attnlab.nn  # noqa: F401  (registers module-level mechanisms)
-  from attnlab.train import plot
   names = a.names or attnlab.list_mechanisms()
   unknown = sorted(set(names) - set(attnlab.list_mechanisms()))
   if unknown:
@@ -98,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
   (root / "summary.json").write_text(json.dumps(rows, indent=2))
   ok = [r["mechanism"] for r in rows if "error" not in r]
   if ok:
-    plot.plot([root / n for n in ok], root / "accuracy.png", keys=["eval/accuracy"], labels=ok,
-              title=f"MQAR eval accuracy, {a.steps} steps")
+    plot_accuracy(root, ok, f"MQAR eval accuracy vs step ({a.steps} steps each)")
   print("\n".join(lines))
   return 0
 
