@@ -3,15 +3,180 @@ r"""MQAR with any catalogued mechanism: ``configs/mechanisms.py:<name>[,local]``
   python -m attnlab.train --config configs/mechanisms.py:deberta --workdir /tmp/mqar_deberta
   python -m attnlab.train --config configs/mechanisms.py:sigmoid,local --workdir /tmp/smoke
 
-The base is ``configs/mqar.py`` (``local`` = its tiny variant); the mechanism's catalogue
-entry (``attnlab.get_mechanism(name).config``) supplies the dotted overrides that select it and
-set its hyperparameters. ``python -m attnlab.catalogue`` lists the names.
+The base is ``configs/mqar.py`` (``local`` = its tiny variant). ``OVERRIDES`` below holds the
+dotted config keys that select each catalogue entry and set its hyperparameters: the library
+(``attnlab.core``) knows no trainer keys, so this is where they live. A mechanism missing from
+``OVERRIDES`` is selected with ``model.attention.mechanism = <name>`` and its defaults.
+``python -m attnlab.catalogue`` lists the names (grouped by kind).
 """
 
 import importlib.util
 import os
 
 import attnlab
+import attnlab.models  # noqa: F401  (registers every module, pooling head and variant)
+
+# name -> dotted overrides on top of configs/mqar.py. Entries that need no more than
+# ``model.attention.mechanism = name`` may be left out (a new mechanism needs no edit here).
+# Score-modifying mechanisms pin the dense reference ("xla"): it is their only implementation,
+# and a base config may pin another.
+OVERRIDES = {
+    'attention_drop': {
+        'model.num_layers': 2,
+        'model.drop_attention_layers': (1,),
+    },
+    'complexformer': {
+        'model.attention.mechanism': 'complexformer',
+        'model.position': 'none',
+        'model.attention.implementation': 'xla',
+    },
+    'crate': {
+        'model.attention.mechanism': 'crate',
+        'model.position': 'learned',
+        'model.attention.implementation': 'xla',
+    },
+    'deberta': {
+        'model.attention.mechanism': 'deberta',
+        'model.position': 'none',
+        'model.attention.kwargs.max_distance': 16,
+        'model.attention.kwargs.log_buckets': False,
+        'model.attention.implementation': 'xla',
+    },
+    'decon_approx': {
+        'model.attention.mechanism': 'decon_approx',
+        'model.attention.implementation': 'xla',
+    },
+    'decon_nonapprox': {
+        'model.attention.mechanism': 'decon_nonapprox',
+        'model.attention.implementation': 'xla',
+        'model.position': 'none',
+        'model.attention.kwargs.q_activation': 'silu',
+    },
+    'decon_staticqk': {
+        'model.attention.mechanism': 'decon_staticqk',
+        'model.attention.implementation': 'xla',
+    },
+    'echoatt': {
+        'model.num_layers': 2,
+        'model.echo.anchors': (0,),
+        'model.echo.sharing_layers': (1,),
+    },
+    'first_router': {
+        'model.num_layers': 2,
+        'model.router.enabled': True,
+        'model.router.layers': (),
+        'model.router.hidden_dim': 16,
+        'model.router.threshold': 0.5,
+        'model.router.train_gate': 'soft',
+        'model.router.decode_policy': 'token',
+        'model.router.init_bias': 3.0,
+    },
+    'gpsa': {
+        'model.attention.mechanism': 'gpsa',
+        'model.position': 'none',
+        'model.attention.kwargs.locality_strength': 1.0,
+        'model.attention.kwargs.gate_init': 1.0,
+        'model.attention.implementation': 'xla',
+    },
+    'interleave': {
+        'model.num_layers': 2,
+        'model.attention.layer_mechanisms': ('softmax', 'mixer_fixed'),
+    },
+    'layernorm_scaling': {
+        'model.num_layers': 2,
+        'model.norm': 'layernorm_scaled',
+    },
+    'lowrank_mha_pool': {
+        'model.name': 'encoder_classifier',
+        'data.name': 'mqar_classification',
+        'model.num_classes': 128,
+        'model.pooling': 'lowrank_mha_pool',
+        'model.pooling_kwargs':
+            {'num_heads': 4, 'rank': 1, 'context': 'learned', 'l2_normalize': True},
+    },
+    'mixer_fixed': {
+        'model.attention.mechanism': 'mixer_fixed',
+        'model.attention.kwargs.embedding': 'random',
+        'model.attention.kwargs.embedding_std': 1.0,
+    },
+    'mixer_none': {
+        'model.attention.mechanism': 'mixer_none',
+        'model.attention.kwargs.hidden_dim': 0,
+    },
+    'momentum_ema': {
+        'model.attention.mechanism': 'momentum_ema',
+        'model.attention.kwargs.momentum': 0.9,
+        'model.attention.kwargs.eta': 1.0,
+        'model.attention.kwargs.include_current': False,
+        'model.attention.implementation': 'xla',
+    },
+    'multilayer_pool': {
+        'model.name': 'encoder_classifier',
+        'data.name': 'mqar_classification',
+        'model.num_classes': 128,
+        'model.pooling': 'multilayer_pool',
+        'model.pooling_kwargs':
+            {'num_latents': 8, 'num_heads': 0, 'head_dim': 0, 'ff_mult': 4, 'summary': 'mean',
+             'normalize': True},
+    },
+    'ninformer': {
+        'model.attention.mechanism': 'ninformer',
+        'model.attention.kwargs.token_expansion': 1,
+        'model.attention.kwargs.channel_mlp_dim': 0,
+    },
+    'prepbn': {
+        'model.norm': 'layernorm_prepbn',
+        'model.prepbn.warmup_steps': 0,
+        'model.prepbn.decay_steps': 1000,
+        'model.prepbn.momentum': 0.9,
+        'model.prepbn.eta_init': 1.0,
+    },
+    'random_qk': {
+        'model.attention.mechanism': 'random_qk',
+        'model.position': 'learned',
+        'model.attention.kwargs.qk_mean': 0.0,
+        'model.attention.implementation': 'xla',
+    },
+    'rcmha': {
+        'model.attention.mechanism': 'rcmha',
+        'model.position': 'none',
+        'model.attention.kwargs.max_distance': 32,
+        'model.attention.kwargs.kernel_size': 3,
+        'model.attention.implementation': 'xla',
+    },
+    'selective_ssa': {
+        'model.attention.mechanism': 'selective_ssa',
+        'model.attention.kwargs.query_temperature': True,
+        'model.attention.kwargs.position_temperature': True,
+        'model.attention.kwargs.value_temperature': True,
+        'model.attention.implementation': 'xla',
+    },
+    'sigmoid': {
+        'model.attention.mechanism': 'sigmoid',
+    },
+    'softmax': {
+        'model.attention.mechanism': 'softmax',
+    },
+    'tap_adl': {
+        'model.attention.mechanism': 'tap_adl',
+        'model.attention.implementation': 'xla',
+        'model.attention.kwargs.num_scales': 4,
+        'model.attention.kwargs.tap_temperature': 1.0,
+        'model.attention.kwargs.adl_weight': 1.0,
+        'model.attention.kwargs.adl_threshold': 2.0,
+    },
+    'wide_deep': {
+        'model.num_layers': 1,
+        'model.num_heads': 4,
+        'model.head_dim': 16,
+    },
+}
+
+
+def overrides_for(name: str) -> dict:
+  """The dotted overrides that select catalogue entry ``name`` (ValueError if unknown)."""
+  attnlab.get_mechanism(name)  # ValueError listing the registered names
+  return dict(OVERRIDES.get(name, {"model.attention.mechanism": name}))
 
 
 def _load_sibling(name: str):
@@ -51,7 +216,7 @@ def get_config(arg: str = "softmax"):
   unknown = flags - {"local", "runlocal"}
   if unknown:
     raise ValueError(f"configs/mechanisms.py: unknown flags {sorted(unknown)}; use ',local'")
-  entry = attnlab.get_mechanism(name)  # ValueError listing valid names
+  overrides = overrides_for(name)
   config = _load_sibling("mqar").get_config("local" if flags else "")
-  apply_overrides(config, entry.config or {"model.attention.mechanism": name})
+  apply_overrides(config, overrides)
   return config

@@ -13,7 +13,7 @@ Arguments after the colon (comma separated):
   local       the tiny MQAR smoke-test base (configs/mqar.py:local)
 
 Everything else (d_model, MLP width, optimiser, data) is the MQAR config's; the sweep helper is
-``attnlab.nn.variants.wide_deep_configs``.
+``attnlab.models.wide_deep_configs``.
 """
 
 import importlib.util
@@ -48,7 +48,7 @@ def parse_arg(arg: str) -> dict:
 
 
 def get_config(arg: str = ""):
-  from attnlab.nn.variants import wide_deep_configs  # pylint: disable=g-import-not-at-top
+  from attnlab.models import wide_deep_configs  # pylint: disable=g-import-not-at-top
   a = parse_arg(arg)
   base = _load_sibling("mqar").get_config("local" if a["local"] else "")
   (config,) = wide_deep_configs(base, a["heads"], (a["depth"],), head_dim=a["head_dim"])

@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 import jax
+from jaxtyping import ArrayLike, Float
 
 from attnlab.core import common
 from attnlab.core import registry
@@ -79,11 +80,15 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   raise ValueError(f"no implementation of {mechanism!r} supports this call: {reasons}")
 
 
-def attention(q: Array, k: Array, v: Array, *, mechanism: str = "softmax", mask: Any = None,
-              bias: Array | None = None, is_causal: bool = False, scale: float | None = None,
-              implementation: str = "auto", softcap: float | None = None,
-              alibi_slopes: Array | None = None, q_offset: Any = 0,
-              head_mask: Array | None = None, return_weights: bool = False, **kwargs: Any):
+def attention(
+    q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], v: Float[Array, "B Tk K Dv"], *,
+    mechanism: str = "softmax", mask: Any = None,
+    bias: Float[ArrayLike, "#B #H #Tq #Tk"] | None = None, is_causal: bool = False,
+    scale: float | None = None, implementation: str = "auto", softcap: float | None = None,
+    alibi_slopes: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
+    q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
+    return_weights: bool = False, **kwargs: Any,
+) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Attention with a chosen mechanism and implementation.
 
   Args:

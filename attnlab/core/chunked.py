@@ -23,11 +23,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
-from attnlab.core import sigmoid as sigmoid_lib
-from attnlab.core import softmax as softmax_lib
 
 Array = jax.Array
 
@@ -341,19 +340,25 @@ def _int_zeros(tree):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def chunked_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
-                      bias: Array | None = None, scale: float | None = None,
-                      softcap: float | None = None, alibi_slopes: Array | None = None,
-                      q_offset: Any = 0, head_mask: Array | None = None,
-                      return_weights: bool = False, normalizer: str = "softmax",
-                      sigmoid_bias: float | None = None, block_q: int = DEFAULT_BLOCK_Q,
-                      block_k: int = DEFAULT_BLOCK_K):
+def chunked_attention(
+    q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], v: Float[Array, "B Tk K Dv"], *,
+    mask: masks_lib.Mask | None = None, bias: Float[ArrayLike, "#B #H #Tq #Tk"] | None = None,
+    scale: float | None = None, softcap: float | None = None,
+    alibi_slopes: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
+    q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
+    return_weights: bool = False, normalizer: str = "softmax", sigmoid_bias: float | None = None,
+    block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
+) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Memory-efficient attention; same contract as ``softmax_attention``.
 
   q ``[B,Tq,H,D]``, k ``[B,Tk,K,D]``, v ``[B,Tk,K,Dv]`` -> ``[B,Tq,H,Dv]``. ``block_q`` and
   ``block_k`` are tile sizes (clipped to the lengths). ``normalizer`` is ``"softmax"`` or
   ``"sigmoid"``. With ``return_weights=True`` the weights are recomputed densely (analysis).
   """
+  # The dense references register this function as their "chunked" implementation, so they
+  # are imported here rather than at module level (no import cycle).
+  from attnlab.core.mechanisms import sigmoid as sigmoid_lib  # pylint: disable=g-import-not-at-top
+  from attnlab.core.mechanisms import softmax as softmax_lib  # pylint: disable=g-import-not-at-top
   if normalizer not in ("softmax", "sigmoid"):
     raise ValueError(f"normalizer must be 'softmax' or 'sigmoid', got {normalizer!r}")
   for name, val in (("block_q", block_q), ("block_k", block_k)):

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float, Int
 
 from attnlab.core import masks as masks_lib
 
@@ -45,7 +46,8 @@ def default_scale(head_dim: int, scale: float | None) -> float:
   return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
 
-def check_bias(bias: Any, b: int, h: int, tq: int, tk: int) -> Array | None:
+def check_bias(bias: Any, b: int, h: int, tq: int,
+               tk: int) -> Float[Array, "#B #H #Tq #Tk"] | None:
   """``bias`` must broadcast to ``[B, H, Tq, Tk]`` (a 4-d array; dims may be 1)."""
   if bias is None:
     return None
@@ -57,7 +59,7 @@ def check_bias(bias: Any, b: int, h: int, tq: int, tk: int) -> Array | None:
   return bias
 
 
-def check_head_vector(x: Any, name: str, b: int, h: int) -> Array | None:
+def check_head_vector(x: Any, name: str, b: int, h: int) -> Float[Array, "#B H"] | None:
   """Per-head values ``[H]`` or ``[B, H]`` (head masks, ALiBi slopes)."""
   if x is None:
     return None
@@ -86,7 +88,7 @@ def build_mask(mask: masks_lib.Mask | None, is_causal: bool, q_offset: Any = 0):
   return masks_lib.combine(mask, causal)
 
 
-def alibi_slopes(num_heads: int) -> np.ndarray:
+def alibi_slopes(num_heads: int) -> Float[np.ndarray, "H"]:
   """Geometric ALiBi slopes from "Train Short, Test Long" (arXiv 2108.12409), ``[H]``.
 
   For a power of two n the slopes are 2^(-8i/n), i = 1..n; otherwise the paper's recipe
@@ -104,7 +106,8 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   return np.asarray(pow2(closest) + extra, np.float32)
 
 
-def alibi_bias(slopes: Array, q_pos: Array, k_pos: Array) -> Array:
+def alibi_bias(slopes: Float[Array, "#B H"], q_pos: Int[Array, "Tq"],
+               k_pos: Int[Array, "Tk"]) -> Float[Array, "#B H Tq Tk"]:
   """``-slope * |q_pos - k_pos|`` as ``[B|1, H, len(q_pos), len(k_pos)]`` float32.
 
   For causal attention (k <= q) this is the paper's ``slope * (k - q)``.
@@ -113,15 +116,17 @@ def alibi_bias(slopes: Array, q_pos: Array, k_pos: Array) -> Array:
   return -slopes.astype(jnp.float32)[:, :, None, None] * dist
 
 
-def apply_softcap(logits: Array, softcap: float | None) -> Array:
+def apply_softcap(logits: Float[Array, "*shape"],
+                  softcap: float | None) -> Float[Array, "*shape"]:
   if softcap is None:
     return logits
   return softcap * jnp.tanh(logits / softcap)
 
 
-def dense_logits(q: Array, k: Array, *, scale: float, bias: Array | None = None,
-                 softcap: float | None = None, alibi: Array | None = None,
-                 q_offset: Any = 0) -> Array:
+def dense_logits(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], *, scale: float,
+                 bias: Float[Array, "#B #H #Tq #Tk"] | None = None,
+                 softcap: float | None = None, alibi: Float[Array, "#B H"] | None = None,
+                 q_offset: Any = 0) -> Float[Array, "B H Tq Tk"]:
   """Float32 logits ``[B, H, Tq, Tk]``: ``cap(q.k * scale) + bias + alibi``.
 
   Order: scale, then soft-capping ``cap * tanh(x / cap)`` (as Gemma 2), then the additive
@@ -142,7 +147,8 @@ def dense_logits(q: Array, k: Array, *, scale: float, bias: Array | None = None,
   return s
 
 
-def weighted_values(weights: Array, v: Array) -> Array:
+def weighted_values(weights: Float[Array, "B H Tq Tk"],
+                    v: Float[Array, "B Tk K Dv"]) -> Float[Array, "B Tq H Dv"]:
   """``weights [B, H, Tq, Tk]`` times ``v [B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]`` (grouped)."""
   b, h, tq, tk = weights.shape
   kh = v.shape[2]
@@ -151,7 +157,8 @@ def weighted_values(weights: Array, v: Array) -> Array:
   return out.reshape(b, tq, h, v.shape[-1])
 
 
-def apply_head_mask(out: Array, head_mask: Array | None) -> Array:
+def apply_head_mask(out: Float[Array, "B Tq H Dv"],
+                    head_mask: Float[Array, "#B H"] | None) -> Float[Array, "B Tq H Dv"]:
   """Scale each head's output ``[B, Tq, H, Dv]`` by ``head_mask [B|1, H]``."""
   if head_mask is None:
     return out

@@ -41,8 +41,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from attnlab.core import softmax as softmax_lib
-from attnlab.core.mechanisms_mixers._common import check_valid, f32, layer_norm, masked_softmax
+from attnlab.core.mechanisms import softmax as softmax_lib
+from attnlab.core.mechanisms._mixers import check_valid, f32, layer_norm, masked_softmax
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -155,3 +156,19 @@ def multilayer_trainable_pool(hiddens: Array, params: Mapping[str, Any], *, num_
   if normalize:
     out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
   return out
+
+
+registry.register_mechanism(
+    'lowrank_mha_pool', kind='pooling',
+    paper='Low Rank Factorization for Compact Multi-Head Self-Attention (arXiv 1912.00835)',
+    description='m heads a_k = softmax_i tanh((P_k^T c).(Q_k^T h_i)) with a learned global query '
+                'c; pooled = concat_k a_k H',
+    complexity='O(T d m r) time (m heads, rank r)')
+
+registry.register_mechanism(
+    'multilayer_pool', kind='pooling',
+    paper='Pooling And Attention: What Are Effective Designs For LLM-Based Embedding '
+          'Models? (arXiv 2409.02727)',
+    description="learned latents cross-attend to per-layer summaries of every layer's hidden "
+                'states (+ layer embedding), GEGLU FF, mean, L2 normalise',
+    complexity='O(L T d + N L d) time (L layers, N latents)')

@@ -39,15 +39,14 @@ class Mechanism:
 
   ``kind``: "attention" (a pure function reachable through ``attnlab.attention``), "module"
   (an NNX attention module whose call ends in a pure core function), "mixer" (replaces
-  attention), "pooling" (a pooling head), "block" (a transformer-block / depth variant).
-  ``config``: dotted config overrides that select it in a training config, e.g.
-  ``{"model.attention.mechanism": "deberta", "model.attention.kwargs.max_distance": 16}``.
+  attention), "pooling" (an encoder pooling head), "block" (a transformer-block / depth
+  variant, selected by typed fields of the model config). Core knows no trainer keys: the
+  config overrides that select an entry in a training config live in ``configs/mechanisms.py``.
   """
   name: str
   paper: str
   description: str
   kind: str = "attention"
-  config: dict[str, Any] = dataclasses.field(default_factory=dict)
   complexity: str = ""
   kernel: str = "-"
   implementations: dict[str, Implementation] = dataclasses.field(default_factory=dict)
@@ -57,9 +56,18 @@ _MECHANISMS: dict[str, Mechanism] = {}
 
 
 def register_mechanism(name: str, *, paper: str = "", description: str = "",
-                       kind: str = "attention", config: dict[str, Any] | None = None,
-                       complexity: str = "", kernel: str = "-") -> Mechanism:
-  """Register (or update the metadata of) a mechanism; returns its entry."""
+                       kind: str = "attention", complexity: str = "", kernel: str = "-",
+                       implementations: dict[str, Callable[..., Any]] | None = None
+                       ) -> Mechanism:
+  """Register (or update the metadata of) a mechanism; returns its entry.
+
+  Called at the bottom of the mechanism's own file (``attnlab/core/mechanisms/<name>.py``),
+  beside its pure function(s). ``implementations`` maps implementation names (``"xla"``,
+  ``"chunked"``) to functions with the shared signature; each is registered with
+  ``register_implementation`` (which refuses keywords the function does not take).
+  """
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty str, got {name!r}")
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   mech = _MECHANISMS.get(name)
@@ -71,8 +79,8 @@ def register_mechanism(name: str, *, paper: str = "", description: str = "",
   mech.kind = kind
   if kernel != "-":
     mech.kernel = kernel
-  if config is not None:
-    mech.config = dict(config)
+  for impl_name, fn in (implementations or {}).items():
+    register_implementation(name, impl_name, fn)
   return mech
 
 

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab.core import masks
-from attnlab.models.common import Embedder, check_tokens, validate_model_config
+from attnlab.models import builder
+from attnlab.models import config as config_lib
+from attnlab.models.common import Embedder, check_tokens
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.blocks import TransformerStack, make_norm
-from attnlab.nn.common import cfg_get, check_positive_int, resolve_dtype
+from attnlab.nn.common import check_positive_int, resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -26,17 +27,18 @@ class DecoderLM(nnx.Module):
   """
 
   def __init__(self, cfg: Any, *, vocab_size: int, rngs: nnx.Rngs):
-    validate_model_config(cfg)
+    """``cfg``: a model config (``attnlab.models.default_model_config`` layout; missing keys
+    take their defaults), checked here."""
+    cfg = config_lib.complete(cfg)
+    builder.check(cfg)
     self.vocab_size = vocab_size
     self.num_layers, self.num_heads = cfg.num_layers, cfg.num_heads
     self.max_len = cfg.max_len
-    self.tie_embeddings = bool(cfg_get(cfg, "tie_embeddings", False))
-    dtype = resolve_dtype(cfg_get(cfg, "dtype", "float32"))
+    self.tie_embeddings = bool(cfg.tie_embeddings)
+    dtype = resolve_dtype(cfg.dtype)
     self.embedder = Embedder(cfg, vocab_size=vocab_size, rngs=rngs)
-    self.stack = TransformerStack(cfg, causal=True, rngs=rngs)
-    self.final_norm = make_norm(cfg_get(cfg, "norm", "layernorm"), cfg.d_model,
-                                eps=cfg_get(cfg, "norm_eps", 1e-6), dtype=dtype, rngs=rngs,
-                                layer_index=None, model_cfg=cfg)
+    self.stack = builder.stack(cfg, causal=True, rngs=rngs)
+    self.final_norm = builder.final_norm(cfg, rngs)
     self.head = nnx.data(None)
     if not self.tie_embeddings:
       self.head = nnx.Linear(

@@ -3,9 +3,9 @@
 Pooling (``config.model.pooling``): "mean" (over real tokens), "cls" (position 0), or an
 attention pooling head registered with ``register_pooling`` (``list_poolings()``), built from
 the model config with its options in ``config.model.pooling_kwargs``. Registered here:
-"lowrank_mha_pool" (LAMA, arXiv 1912.00835) and "multilayer_pool" (Multi-Layers Trainable
-Pooling, arXiv 2409.02727; it reads every layer's hidden states, so the encoder then runs its
-blocks one by one and collects their outputs). See ``attnlab.nn.mechanisms_mixers.pooling``.
+the heads of ``attnlab.models.pooling`` (LAMA, arXiv 1912.00835, and Multi-Layers Trainable
+Pooling, arXiv 2409.02727; the latter reads every layer's hidden states, so the encoder then
+runs its blocks one by one and collects their outputs).
 """
 
 from __future__ import annotations
@@ -16,47 +16,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import attnlab.nn.mechanisms_mixers  # noqa: F401  (registers the token mixers)
 from attnlab.core import masks
-from attnlab.models import common as models_common
-from attnlab.models.common import Embedder, check_tokens, validate_model_config
+from attnlab.models import builder
+from attnlab.models import config as config_lib
+from attnlab.models.common import Embedder, check_tokens
+from attnlab.models.pooling import BUILTIN_POOLINGS, list_poolings, register_pooling
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.blocks import TransformerStack, check_layer_inputs, make_norm
-from attnlab.nn.mechanisms_mixers.pooling import POOLINGS as _MIXER_POOLINGS
-from attnlab.nn.common import cfg_get, check_positive_int, resolve_dtype, to_dict
+from attnlab.nn.common import resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
-
-BUILTIN_POOLINGS = ("mean", "cls")
-_POOLINGS: dict[str, type] = {}
-
-
-def register_pooling(name: str, cls: type) -> None:
-  """Make ``cls`` selectable as ``config.model.pooling = name``.
-
-  ``cls(cfg, rngs=rngs)`` builds it from the model config and must provide ``out_dim``,
-  ``all_layers`` (bool), ``check_config(cfg)`` (classmethod, raises ValueError) and
-  ``__call__(x [B, T, D], *, valid [B, T] | None, hiddens [L, B, T, D] | None)
-  -> [B, out_dim]``. ``hiddens`` (every block's output, the last after the final norm) is
-  passed when ``all_layers``.
-  """
-  if name in BUILTIN_POOLINGS:
-    raise ValueError(f"pooling {name!r} is built in")
-  _POOLINGS[name] = cls
-  # Keep attnlab.models.common.validate_model_config accepting the registered names.
-  known = tuple(models_common.POOLINGS)
-  if name not in known:
-    models_common.POOLINGS = known + (name,)
-
-
-def list_poolings() -> list[str]:
-  return sorted(set(BUILTIN_POOLINGS) | set(_POOLINGS))
-
-
-for _name, _cls in _MIXER_POOLINGS.items():
-  register_pooling(_name, _cls)
-
 
 class EncoderClassifier(nnx.Module):
   """Embedding, positions, ``num_layers`` bidirectional blocks, final norm, pooling, head.
@@ -69,28 +38,23 @@ class EncoderClassifier(nnx.Module):
   """
 
   def __init__(self, cfg: Any, *, vocab_size: int, rngs: nnx.Rngs):
-    validate_model_config(cfg)
-    check_positive_int(cfg_get(cfg, "num_classes"), "num_classes")
+    """``cfg``: a model config (missing keys take their defaults), checked here."""
+    cfg = config_lib.complete(cfg)
+    builder.check(cfg)
     self.num_layers, self.num_heads = cfg.num_layers, cfg.num_heads
     self.max_len = cfg.max_len
-    self.pooling = cfg_get(cfg, "pooling", "mean")
-    if self.pooling not in list_poolings():
-      raise ValueError(f"pooling must be one of {list_poolings()}, got {self.pooling!r}")
-    if self.pooling in BUILTIN_POOLINGS and to_dict(cfg_get(cfg, "pooling_kwargs", {})):
-      raise ValueError(f"pooling {self.pooling!r} takes no pooling_kwargs, got "
-                       f"{to_dict(cfg_get(cfg, 'pooling_kwargs', {}))}")
-    dtype = resolve_dtype(cfg_get(cfg, "dtype", "float32"))
+    self.pooling = cfg.pooling
+    dtype = resolve_dtype(cfg.dtype)
     self.embedder = Embedder(cfg, vocab_size=vocab_size, rngs=rngs)
-    self.stack = TransformerStack(cfg, causal=False, rngs=rngs)
-    self.final_norm = make_norm(cfg_get(cfg, "norm", "layernorm"), cfg.d_model,
-                                eps=cfg_get(cfg, "norm_eps", 1e-6), dtype=dtype, rngs=rngs,
-                                layer_index=None, model_cfg=cfg)
-    self.dropout = nnx.Dropout(float(cfg_get(cfg, "dropout", 0.0)), rngs=rngs)
+    self.stack = builder.stack(cfg, causal=False, rngs=rngs)
+    self.final_norm = builder.final_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(float(cfg.dropout), rngs=rngs)
     self.pool = nnx.data(None)
     pooled_dim = cfg.d_model
-    if self.pooling in _POOLINGS:
-      self.pool = _POOLINGS[self.pooling](cfg, rngs=rngs)
-      pooled_dim = self.pool.out_dim
+    head = builder.pooling_head(cfg, rngs)
+    if head is not None:
+      self.pool = head
+      pooled_dim = head.out_dim
     self.head = nnx.Linear(
         pooled_dim, cfg.num_classes, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=logical_init(nnx.initializers.lecun_normal(), ("embed", "classes")),
@@ -139,10 +103,10 @@ class EncoderClassifier(nnx.Module):
     x = self.embedder(tokens, positions)
     hiddens = None
     if self.pool is not None and self.pool.all_layers:
-      x, recorded, hiddens = self._run_blocks(
+      x, recorded, hiddens = self.stack(
           x, positions=positions, mask=mask, deterministic=deterministic,
           head_masks=head_masks, attn_biases=attn_biases,
-          record_weights_layers=record_weights_layers)
+          record_weights_layers=record_weights_layers, return_hiddens=True)
     else:
       x, recorded = self.stack(x, positions=positions, mask=mask, deterministic=deterministic,
                                head_masks=head_masks, attn_biases=attn_biases,
@@ -162,31 +126,3 @@ class EncoderClassifier(nnx.Module):
     pooled = self.dropout(pooled, deterministic=deterministic)
     logits = self.head(pooled.astype(self.head.dtype or jnp.float32)).astype(jnp.float32)
     return (logits, recorded) if record_weights_layers else logits
-
-  def _run_blocks(self, x: Array, *, positions: Array, mask: masks.Mask | None,
-                  deterministic: bool, head_masks: Array | None, attn_biases: Any,
-                  record_weights_layers: Sequence[int]
-                  ) -> tuple[Array, dict[int, Array], list[Array]]:
-    """``TransformerStack.__call__`` block by block, also returning every block's output."""
-    stack = self.stack
-    check_layer_inputs(head_masks, attn_biases, stack.num_layers, stack.num_heads)
-    record = set()
-    for layer in record_weights_layers:
-      if isinstance(layer, bool) or not isinstance(layer, int) or not (
-          -stack.num_layers <= layer < stack.num_layers):
-        raise ValueError(f"record_weights_layers entries must be ints in [0, "
-                         f"{stack.num_layers}), got {layer!r}")
-      record.add(layer % stack.num_layers)
-    weights: dict[int, Array] = {}
-    hiddens = []
-    for i, block in enumerate(stack.blocks):
-      hm = None if head_masks is None else head_masks[i]
-      bias = None if attn_biases is None else attn_biases[i]
-      out = block(x, positions=positions, mask=mask, head_mask=hm, bias=bias,
-                  deterministic=deterministic, return_weights=i in record)
-      if i in record:
-        x, weights[i] = out
-      else:
-        x = out
-      hiddens.append(x)
-    return x, weights, hiddens

@@ -1,15 +1,15 @@
 """Attention pooling heads for ``EncoderClassifier`` (``config.model.pooling``), ending in
-``attnlab.core.mechanisms_mixers.lowrank_multihead_pool`` / ``multilayer_trainable_pool``.
-
-A pooling head is built by ``cls(cfg, rngs=rngs)`` from the model config; its hyperparameters
-come from ``config.model.pooling_kwargs``. It provides ``out_dim`` (the pooled width the
+``attnlab.core.pooling.lowrank_multihead_pool`` / ``multilayer_trainable_pool``; they live with
+the encoder model. A head is a class registered with ``@register_pooling(name)`` and built as
+``cls(d_model, *, num_layers, model_heads, <its typed hyperparameters>, rngs)``; the model
+builder passes ``config.model.pooling_kwargs`` as those hyperparameters. It provides ``out_dim`` (the pooled width the
 classifier reads), ``all_layers`` (True: the encoder passes every layer's hidden states) and
 ``__call__(x [B, T, D], *, valid [B, T] | None, hiddens [L, B, T, D] | None) -> [B, out_dim]``.
 
-* ``LowRankMHAPool`` ("lowrank_mha_pool", LAMA, arXiv 1912.00835). Options: ``num_heads``
+* ``LowRankMHAPool`` (LAMA, arXiv 1912.00835). Options: ``num_heads``
   (int > 0, 4), ``rank`` (int > 0, 1), ``context`` ("learned" | "mean"), ``l2_normalize``
   (bool, True). ``out_dim = num_heads * d_model`` (the heads' pooled vectors concatenated).
-* ``MultiLayerPool`` ("multilayer_pool", Multi-Layers Trainable Pooling, arXiv 2409.02727).
+* ``MultiLayerPool`` (Multi-Layers Trainable Pooling, arXiv 2409.02727).
   Options: ``num_latents`` (int > 0, 16), ``num_heads`` (int >= 0, 0 = the model's),
   ``head_dim`` (int >= 0, 0 = d_model // num_heads), ``ff_mult`` (int > 0, 4), ``summary``
   ("mean" | "last"), ``normalize`` (bool, True). ``out_dim = d_model``.
@@ -23,54 +23,70 @@ from typing import Any, ClassVar
 import jax
 from flax import nnx
 
-from attnlab.core.mechanisms_mixers import pooling as core
-from attnlab.nn.common import cfg_get, freeze
-from attnlab.nn.mechanisms_mixers._base import (lecun, make_param, normal_init, ones,
-                                                parse_options, zeros)
+from attnlab.core import pooling as core
+from attnlab.nn.mechanisms._mixer_base import (check_value, lecun, make_param, normal_init,
+                                               ones, zeros)
 
 Array = jax.Array
 
+BUILTIN_POOLINGS = ("mean", "cls")
+POOLINGS: dict[str, type] = {}
+
+
+def register_pooling(name: str, cls: type | None = None) -> Any:
+  """Make ``cls`` selectable as ``config.model.pooling = name`` (call or class decorator).
+
+  ``cls(d_model, *, num_layers, model_heads, **pooling_kwargs, rngs)`` must provide ``out_dim``,
+  ``all_layers`` (bool) and ``__call__(x [B, T, D], *, valid [B, T] | None, hiddens
+  [L, B, T, D] | None) -> [B, out_dim]``. ``hiddens`` (every block's output, the last after the
+  final norm) is passed when ``all_layers``.
+  """
+  if cls is None:
+    return lambda c: register_pooling(name, c)
+  if name in BUILTIN_POOLINGS:
+    raise ValueError(f"pooling {name!r} is built in")
+  POOLINGS[name] = cls
+  return cls
+
+
+def list_poolings() -> list[str]:
+  return sorted(set(BUILTIN_POOLINGS) | set(POOLINGS))
+
 
 class PoolingHead(nnx.Module):
-  """Base: option parsing from ``config.model.pooling_kwargs``."""
+  """Base of the attention pooling heads: the shared constructor arguments."""
 
-  option_spec: ClassVar[dict[str, tuple[Any, Any]]] = {}
   all_layers: ClassVar[bool] = False
 
-  @classmethod
-  def parse(cls, cfg: Any) -> dict[str, Any]:
-    name = cfg_get(cfg, "pooling", cls.__name__)
-    return parse_options(cfg_get(cfg, "pooling_kwargs", {}), cls.option_spec, name,
-                         "pooling kwargs")
-
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    cls.parse(cfg)
-
-  def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-    self.options = freeze(self.parse(cfg))
-    self.d_model = cfg.d_model
-    self.build(cfg, rngs)
-
-  def opt(self, name: str) -> Any:
-    return dict(self.options)[name]
-
-  def build(self, cfg: Any, rngs: nnx.Rngs) -> None:
-    raise NotImplementedError
+  def __init__(self, d_model: int, *, num_layers: int = 1, model_heads: int = 1,
+               rngs: nnx.Rngs):
+    del rngs
+    for name, val in (("d_model", d_model), ("num_layers", num_layers),
+                      ("model_heads", model_heads)):
+      check_value(val, name, "int>0", type(self).__name__)
+    self.d_model, self.num_layers, self.model_heads = d_model, num_layers, model_heads
 
 
+@register_pooling("lowrank_mha_pool")
 class LowRankMHAPool(PoolingHead):
-  option_spec = {"num_heads": ("int>0", 4), "rank": ("int>0", 1),
-                 "context": (core.CONTEXTS, "learned"), "l2_normalize": ("bool", True)}
+  """LAMA pooling; see the module docstring."""
 
-  def build(self, cfg: Any, rngs: nnx.Rngs) -> None:
-    d, m, r = self.d_model, self.opt("num_heads"), self.opt("rank")
+  def __init__(self, d_model: int, *, num_heads: int = 4, rank: int = 1,
+               context: str = "learned", l2_normalize: bool = True, rngs: nnx.Rngs,
+               **kwargs: Any):
+    super().__init__(d_model, rngs=rngs, **kwargs)
+    owner = "lowrank_mha_pool"
+    check_value(num_heads, "num_heads", "int>0", owner)
+    check_value(rank, "rank", "int>0", owner)
+    check_value(context, "context", core.CONTEXTS, owner)
+    self.l2_normalize = check_value(l2_normalize, "l2_normalize", "bool", owner)
+    d, m, r = self.d_model, num_heads, rank
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0,
                                              out_axis=(1, 2))
     self.p = make_param(rngs, init, (d, m, r), ("embed", None, None))
     self.q = make_param(rngs, init, (d, m, r), ("embed", None, None))
     self.context = nnx.data(None)
-    if self.opt("context") == "learned":
+    if context == "learned":
       self.context = make_param(rngs, normal_init(1.0 / math.sqrt(d)), (d,), ("embed",))
     self.out_dim = m * d
 
@@ -80,21 +96,32 @@ class LowRankMHAPool(PoolingHead):
     c = None if self.context is None else self.context[...]
     pooled, weights = core.lowrank_multihead_pool(
         x, self.p[...], self.q[...], context=c, valid=valid,
-        l2_normalize=self.opt("l2_normalize"))
+        l2_normalize=self.l2_normalize)
     return (pooled, weights) if return_weights else pooled
 
 
+@register_pooling("multilayer_pool")
 class MultiLayerPool(PoolingHead):
-  option_spec = {"num_latents": ("int>0", 16), "num_heads": ("int>=0", 0),
-                 "head_dim": ("int>=0", 0), "ff_mult": ("int>0", 4),
-                 "summary": (core.SUMMARIES, "mean"), "normalize": ("bool", True)}
+  """Multi-Layers Trainable Pooling; see the module docstring."""
+
   all_layers = True
 
-  def build(self, cfg: Any, rngs: nnx.Rngs) -> None:
-    d, n_layers = self.d_model, cfg.num_layers
-    h = self.opt("num_heads") or cfg.num_heads
-    dh = self.opt("head_dim") or max(1, d // h)
-    f = self.opt("ff_mult") * d
+  def __init__(self, d_model: int, *, num_latents: int = 16, num_heads: int = 0,
+               head_dim: int = 0, ff_mult: int = 4, summary: str = "mean",
+               normalize: bool = True, num_layers: int = 1, model_heads: int = 1,
+               rngs: nnx.Rngs):
+    super().__init__(d_model, num_layers=num_layers, model_heads=model_heads, rngs=rngs)
+    owner = "multilayer_pool"
+    check_value(num_latents, "num_latents", "int>0", owner)
+    check_value(num_heads, "num_heads", "int>=0", owner)
+    check_value(head_dim, "head_dim", "int>=0", owner)
+    check_value(ff_mult, "ff_mult", "int>0", owner)
+    self.summary = check_value(summary, "summary", core.SUMMARIES, owner)
+    self.normalize = check_value(normalize, "normalize", "bool", owner)
+    d, n_layers = self.d_model, num_layers
+    h = num_heads or model_heads
+    dh = head_dim or max(1, d // h)
+    f = ff_mult * d
     self.num_heads = h
     fan_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0,
                                                out_axis=(1, 2))
@@ -102,7 +129,7 @@ class MultiLayerPool(PoolingHead):
                                                  in_axis=(0, 1), out_axis=2)
     shapes = {
         "layer_emb": ((n_layers, d), normal_init(1.0), (None, "embed")),
-        "latents": ((self.opt("num_latents"), d), normal_init(1.0), (None, "embed")),
+        "latents": ((num_latents, d), normal_init(1.0), (None, "embed")),
         "ln_q_scale": ((d,), ones, ("embed",)), "ln_q_bias": ((d,), zeros, ("embed",)),
         "ln_kv_scale": ((d,), ones, ("embed",)), "ln_kv_bias": ((d,), zeros, ("embed",)),
         "w_q": ((d, h, dh), fan_in, ("embed", "heads", "head_dim")),
@@ -125,8 +152,5 @@ class MultiLayerPool(PoolingHead):
     # Index by name: iterating an nnx.Dict inside nnx.capture also yields its "__captures__".
     p = {k: self.params[k][...] for k in self.param_names}
     return core.multilayer_trainable_pool(hiddens, p, num_heads=self.num_heads, valid=valid,
-                                          summary=self.opt("summary"),
-                                          normalize=self.opt("normalize"))
+                                          summary=self.summary, normalize=self.normalize)
 
-
-POOLINGS = {"lowrank_mha_pool": LowRankMHAPool, "multilayer_pool": MultiLayerPool}

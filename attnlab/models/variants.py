@@ -1,4 +1,4 @@
-"""Reading and validating the block-level keys of a model config.
+"""Reading and checking the block-level keys of a model config (the builder's helpers).
 
 Keys (``attnlab.models.default_model_config``):
 
@@ -12,74 +12,44 @@ Keys (``attnlab.models.default_model_config``):
   ``router.init_bias``: FiRST layer routers.
 * ``norm`` = ``"layernorm_scaled"`` | ``"rmsnorm_scaled"`` | ``"layernorm_prepbn"`` (with
   ``prepbn.warmup_steps`` / ``decay_steps`` / ``momentum`` / ``eta_init``).
+
+Every function takes a model config completed by ``attnlab.models.config.complete`` (every
+key present).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from attnlab.core.mechanisms_blocks import attention_drop, echo, interleave
-from attnlab.nn.common import cfg_get, check_positive_int
+from attnlab.core.variants import attention_drop, echo, interleave
+from attnlab.nn.common import check_positive_int
 from attnlab.nn.variants.routing import check_router_values
 
 STANDARD, ECHO, DROPPED = "standard", "echo", "dropped"
 
 
-def _att(cfg: Any) -> Any:
-  return cfg_get(cfg, "attention", {})
+def layer_mechanism_names(cfg: Any, *, known: list[str] | None = None) -> tuple[str, ...]:
+  """The attention mechanism of every layer (``known``: valid names to check against)."""
+  return interleave.layer_mechanisms(cfg.attention.mechanism, cfg.attention.layer_mechanisms,
+                                     cfg.num_layers, known=known)
 
 
-def layer_mechanism_names(cfg: Any, *, check_names: bool = False) -> tuple[str, ...]:
-  """The attention mechanism of every layer."""
-  known = None
-  if check_names:
-    from attnlab.nn.attention import list_attention_mechanisms  # pylint: disable=g-import-not-at-top
-    known = list_attention_mechanisms()
-  return interleave.layer_mechanisms(cfg_get(_att(cfg), "mechanism", "softmax"),
-                                     cfg_get(_att(cfg), "layer_mechanisms", ()), cfg.num_layers,
-                                     known=known)
-
-
-def layer_attention_config(cfg: Any, layer_index: int) -> Any:
-  """``cfg`` with ``attention.mechanism`` set to layer ``layer_index``'s mechanism.
-
-  Returns ``cfg`` itself when that is already the mechanism; otherwise a copy whose
-  ``attention.kwargs`` is empty (the kwargs belong to ``attention.mechanism``).
-  """
-  per_layer = cfg_get(_att(cfg), "layer_mechanisms", ())
-  main = cfg_get(_att(cfg), "mechanism", "softmax")
-  if not per_layer:
-    return cfg
+def layer_mechanism_kwargs(cfg: Any, layer_index: int) -> tuple[str, dict[str, Any]]:
+  """``(mechanism, kwargs)`` of layer ``layer_index``: ``attention.kwargs`` belong to
+  ``attention.mechanism`` only; other per-layer mechanisms use their defaults."""
   name = layer_mechanism_names(cfg)[layer_index]
-  if name == main:
-    return cfg
-  out = copy.deepcopy(cfg)
-  att = out["attention"] if hasattr(out, "__getitem__") else out.attention
-  with att.unlocked() if hasattr(att, "unlocked") else _Null():
-    att["mechanism"] = name
-    att["kwargs"] = type(att["kwargs"])({}) if att.get("kwargs") is not None else {}
-  return out
-
-
-class _Null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
+  if name != cfg.attention.mechanism:
+    return name, {}
+  return name, dict(cfg.attention.kwargs.items())
 
 
 def echo_map(cfg: Any) -> dict[int, int]:
   """``{sharing_layer: anchor}`` (empty when echo is off)."""
-  e = cfg_get(cfg, "echo", {})
-  return echo.echo_sources(cfg_get(e, "anchors", ()), cfg_get(e, "sharing_layers", ()),
-                           cfg.num_layers)
+  return echo.echo_sources(cfg.echo.anchors, cfg.echo.sharing_layers, cfg.num_layers)
 
 
 def dropped_layers(cfg: Any) -> tuple[int, ...]:
-  return attention_drop.check_drop_layers(cfg_get(cfg, "drop_attention_layers", ()),
-                                          cfg.num_layers)
+  return attention_drop.check_drop_layers(cfg.drop_attention_layers, cfg.num_layers)
 
 
 def attention_kind(cfg: Any, layer_index: int) -> str:
@@ -93,13 +63,12 @@ def attention_kind(cfg: Any, layer_index: int) -> str:
 
 def router_layers(cfg: Any) -> tuple[int, ...]:
   """Layers with a FiRST router (empty when ``router.enabled`` is False)."""
-  r = cfg_get(cfg, "router", {})
-  enabled = cfg_get(r, "enabled", False)
-  if not isinstance(enabled, bool):
-    raise ValueError(f"router.enabled must be a bool, got {enabled!r}")
-  if not enabled:
+  r = cfg.router
+  if not isinstance(r.enabled, bool):
+    raise ValueError(f"router.enabled must be a bool, got {r.enabled!r}")
+  if not r.enabled:
     return ()
-  layers = tuple(cfg_get(r, "layers", ()))
+  layers = tuple(r.layers)
   if not layers:
     return tuple(range(cfg.num_layers))
   for i in layers:
@@ -111,19 +80,26 @@ def router_layers(cfg: Any) -> tuple[int, ...]:
   return tuple(sorted(layers))
 
 
-def check_block_config(cfg: Any) -> None:
+def router_kwargs(cfg: Any) -> dict[str, Any]:
+  """Keyword arguments of ``attnlab.nn.variants.LayerRouter``."""
+  r = cfg.router
+  return dict(hidden_dim=r.hidden_dim, threshold=r.threshold, train_gate=r.train_gate,
+              decode_policy=r.decode_policy, init_bias=r.init_bias)
+
+
+def norm_options(cfg: Any) -> dict[str, Any]:
+  """Keyword arguments of the block norm factory (the PRepBN schedule for its norm)."""
+  if cfg.norm != "layernorm_prepbn":
+    return {}
+  p = cfg.prepbn
+  return dict(warmup_steps=p.warmup_steps, decay_steps=p.decay_steps, momentum=p.momentum,
+              eta_init=p.eta_init)
+
+
+def check_block_config(cfg: Any, known_mechanisms: list[str]) -> None:
   """Validate every block-level key (raises ValueError naming the key)."""
-  check_positive_int(cfg_get(cfg, "num_layers"), "num_layers")
-  names = layer_mechanism_names(cfg, check_names=True)
-  main = cfg_get(_att(cfg), "mechanism", "softmax")
-  if cfg_get(_att(cfg), "layer_mechanisms", ()):
-    from attnlab.nn.attention import check_attention_config  # pylint: disable=g-import-not-at-top
-    for i, name in enumerate(names):
-      if name != main and name not in names[:i]:
-        try:
-          check_attention_config(layer_attention_config(cfg, i))
-        except ValueError as e:
-          raise ValueError(f"attention.layer_mechanisms[{i}]={name!r}: {e}") from None
+  check_positive_int(cfg.num_layers, "num_layers")
+  layer_mechanism_names(cfg, known=known_mechanisms)
   drop = dropped_layers(cfg)
   sources = echo_map(cfg)
   for s, a in sources.items():
@@ -131,17 +107,15 @@ def check_block_config(cfg: Any) -> None:
       raise ValueError(f"echo: layer {a if a in drop else s} is in drop_attention_layers; an "
                        "anchor or sharing layer needs its attention")
   router_layers(cfg)
-  r = cfg_get(cfg, "router", {})
-  if cfg_get(r, "enabled", False):
-    check_positive_int(cfg_get(r, "hidden_dim", 16), "router.hidden_dim")
-    check_router_values(cfg_get(r, "threshold", 0.5), cfg_get(r, "train_gate", "soft"),
-                        cfg_get(r, "decode_policy", "token"), cfg_get(r, "init_bias", 3.0))
-  if cfg_get(cfg, "norm", "layernorm") == "layernorm_prepbn":
-    p = cfg_get(cfg, "prepbn", {})
+  r = cfg.router
+  if r.enabled:
+    check_positive_int(r.hidden_dim, "router.hidden_dim")
+    check_router_values(r.threshold, r.train_gate, r.decode_policy, r.init_bias)
+  if cfg.norm == "layernorm_prepbn":
     for key in ("warmup_steps", "decay_steps"):
-      val = cfg_get(p, key, 0)
+      val = cfg.prepbn[key]
       if isinstance(val, bool) or not isinstance(val, int) or val < 0:
         raise ValueError(f"prepbn.{key} must be an int >= 0, got {val!r}")
-    m = cfg_get(p, "momentum", 0.9)
+    m = cfg.prepbn.momentum
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
       raise ValueError(f"prepbn.momentum must be in [0, 1), got {m!r}")

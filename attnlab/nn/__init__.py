@@ -1,18 +1,19 @@
 """Flax NNX layers: attention modules (with a registry and KV cache), positions, blocks,
-and logical-axis partitioning helpers.
+and logical-axis partitioning helpers. Modules take typed keyword arguments and never read a
+config (``attnlab.models`` does).
 
-Importing ``attnlab.nn`` also imports every subpackage of it (e.g. ``attnlab.nn.mechanisms_*``),
-so that plug-ins registering attention modules, norms or MLPs at import time are available to
-``attnlab.models.build_model`` and config validation.
+Importing ``attnlab.nn`` also imports every subpackage of it (``attnlab.nn.mechanisms``: one
+file per attention module; ``attnlab.nn.variants``: block-level pieces), so that modules
+registering themselves at import time are available to ``attnlab.models.build_model``.
 """
 
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from attnlab.nn.attention import (MultiHeadAttention, accepted_mechanism_kwargs,
-                                  check_attention_config, check_mechanism_kwargs,
+from attnlab.nn.attention import (SHARED_ARGUMENTS, MultiHeadAttention, accepted_arguments,
+                                  accepted_mechanism_kwargs, check_mechanism_kwargs,
                                   get_attention_module, list_attention_mechanisms,
-                                  make_attention, register_attention_module)
+                                  register_attention_module)
 from attnlab.nn.blocks import (GeluMLP, SwiGLUMLP, TransformerBlock, TransformerStack,
                                list_mlps, list_norms, make_mlp, make_norm, register_mlp,
                                register_norm)
@@ -24,7 +25,7 @@ from attnlab.nn.positions import (POSITION_KINDS, LearnedPositionEmbedding, alib
 
 __all__ = [
     "MultiHeadAttention", "register_attention_module", "get_attention_module",
-    "list_attention_mechanisms", "make_attention", "check_attention_config",
+    "list_attention_mechanisms", "accepted_arguments", "SHARED_ARGUMENTS",
     "accepted_mechanism_kwargs", "check_mechanism_kwargs",
     "TransformerBlock", "TransformerStack", "GeluMLP", "SwiGLUMLP", "make_norm", "make_mlp",
     "register_norm", "register_mlp", "list_norms", "list_mlps",

@@ -7,13 +7,15 @@ implementation and mechanism hyperparameters. Analysis inputs (``head_mask``, ad
 ``bias``) are call arguments, so they are traced: one compilation serves every ablation.
 
 New mechanisms that need parameters of their own (relative position tables, convolutions on
-q/k/v, gates, ...) subclass ``MultiHeadAttention`` (usually overriding ``attend`` or
-``project_qkv``) and ``register_attention_module("name", cls)``; ``make_attention`` then builds
-that class for ``config.model.attention.mechanism == "name"`` and the blocks stay unchanged.
-A registered class must provide what the blocks use:
+q/k/v, gates, ...) get one file in ``attnlab/nn/mechanisms/``: a class that subclasses
+``MultiHeadAttention`` (usually overriding ``attend`` or ``project_qkv``) or
+``attnlab.nn.mechanisms._mixer_base.TokenMixer``, decorated with
+``@register_attention_module("name")``. Its constructor takes explicit, typed keyword
+arguments: ``(d_model, num_heads, *, <shared arguments it uses>, <its hyperparameters>, rngs)``;
+modules never read a config. The model builder (``attnlab.models``) passes each shared
+argument the class accepts (``SHARED_ARGUMENTS``; see ``accepted_arguments``) plus
+``config.model.attention.kwargs``. A registered class must provide what the blocks use:
 
-* ``from_config(cfg, *, layer_index, causal, rngs)`` (classmethod), ``cfg`` the model config;
-* ``check_config(cfg)`` (classmethod) raising ``ValueError`` on a bad ``cfg.attention``;
 * ``__call__(x, *, positions, mask, head_mask, bias, decode, return_weights, deterministic)``
   returning ``[B, T, E]`` or ``(out, weights [B, H, T, S])`` when ``return_weights``;
 * ``init_cache(batch, max_len, dtype)``.
@@ -22,7 +24,7 @@ A registered class must provide what the blocks use:
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,7 @@ from attnlab.core import api as core_api
 from attnlab.core import masks
 from attnlab.core import registry as core_registry
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.common import cfg_get, check_positive_int, freeze, resolve_dtype, to_dict
+from attnlab.nn.common import check_positive_int, freeze, resolve_dtype, to_dict
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -155,9 +157,12 @@ class MultiHeadAttention(nnx.Module):
 
   core_mechanism: ClassVar[str | None] = None
   module_kwargs: ClassVar[tuple[str, ...]] = ()
+  #: Set by ``@register_attention_module(name)`` on subclasses: the mechanism is fixed by the
+  #: class (``mechanism=`` is for plain ``MultiHeadAttention`` only).
+  mechanism_name: ClassVar[str | None] = None
 
   def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
-               head_dim: int | None = None, mechanism: str = "softmax",
+               head_dim: int | None = None, mechanism: str | None = None,
                implementation: str = "auto", mechanism_kwargs: Mapping[str, Any] | None = None,
                position: str = "none", rope_base: float = 10000.0,
                softcap: float | None = None, sliding_window: int | None = None,
@@ -184,6 +189,14 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
     if not isinstance(causal, bool):
       raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    fixed = type(self).mechanism_name
+    if fixed is not None:
+      if mechanism is not None and mechanism != fixed:
+        raise TypeError(f"{type(self).__name__} is the {fixed!r} mechanism; mechanism= is for "
+                        f"plain MultiHeadAttention, got mechanism={mechanism!r}")
+      mechanism = fixed
+    elif mechanism is None:
+      mechanism = "softmax"
     kwargs = check_mechanism_kwargs(mechanism, implementation, mechanism_kwargs,
                                     module_kwargs=self.module_kwargs,
                                     core_mechanism=self.core_mechanism)
@@ -218,38 +231,6 @@ class MultiHeadAttention(nnx.Module):
     self.cached_key = nnx.data(None)
     self.cached_value = nnx.data(None)
     self.cache_index = nnx.data(None)
-
-  # -- construction from config ------------------------------------------------------------
-
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    """Validate the ``attention`` section of a model config (raises ValueError)."""
-    att = cfg_get(cfg, "attention", {})
-    mechanism = cfg_get(att, "mechanism", "softmax")
-    check_mechanism_kwargs(mechanism, cfg_get(att, "implementation", "auto"),
-                           cfg_get(att, "kwargs", {}), module_kwargs=cls.module_kwargs,
-                           core_mechanism=cls.core_mechanism)
-    softcap = cfg_get(att, "softcap")
-    if softcap is not None and (not isinstance(softcap, (int, float)) or softcap <= 0):
-      raise ValueError(f"attention.softcap must be a positive number or None, got {softcap!r}")
-    check_positive_int(cfg_get(att, "sliding_window"), "attention.sliding_window",
-                       allow_none=True)
-
-  @classmethod
-  def from_config(cls, cfg: Any, *, layer_index: int, causal: bool,
-                  rngs: nnx.Rngs) -> "MultiHeadAttention":
-    """Build from a model config (``default_model_config()`` layout); same for every layer."""
-    del layer_index  # subclasses may vary per layer
-    att = cfg_get(cfg, "attention", {})
-    return cls(
-        cfg.d_model, cfg.num_heads, num_kv_heads=cfg_get(cfg, "num_kv_heads"),
-        head_dim=cfg_get(cfg, "head_dim"), mechanism=cfg_get(att, "mechanism", "softmax"),
-        implementation=cfg_get(att, "implementation", "auto"),
-        mechanism_kwargs=cfg_get(att, "kwargs", {}), position=cfg_get(cfg, "position", "none"),
-        rope_base=cfg_get(cfg, "rope_base", 10000.0), softcap=cfg_get(att, "softcap"),
-        sliding_window=cfg_get(att, "sliding_window"), causal=causal,
-        use_bias=bool(cfg_get(cfg, "attention_bias", False)),
-        dtype=cfg_get(cfg, "dtype", "float32"), rngs=rngs)
 
   # -- KV cache ------------------------------------------------------------------------------
 
@@ -371,26 +352,63 @@ class MultiHeadAttention(nnx.Module):
 
 _MODULES: dict[str, type] = {}
 
+# Keyword arguments the model builder hands to an attention module when its constructor
+# accepts them (besides d_model, num_heads and rngs), from the model config.
+SHARED_ARGUMENTS = ("num_kv_heads", "head_dim", "position", "rope_base", "softcap",
+                    "sliding_window", "causal", "use_bias", "dtype", "param_dtype",
+                    "implementation", "max_len", "num_layers", "layer_index", "mlp_dim")
 
-def register_attention_module(mechanism: str, cls: type, *, overwrite: bool = False) -> None:
+
+def register_attention_module(mechanism: str, cls: type | None = None, *,
+                              overwrite: bool = False) -> Any:
   """Use ``cls`` (an NNX module, see the module docstring) for ``mechanism``.
 
+  Works as a call, ``register_attention_module("name", cls)``, or as a class decorator,
+  ``@register_attention_module("name")`` (the decorated class gets ``mechanism_name``).
   ``mechanism`` may also be a name unknown to ``attnlab.core`` (set ``cls.core_mechanism`` to
   the core mechanism it calls). Re-registering the same class is a no-op; a different class
   needs ``overwrite=True``.
   """
   if not isinstance(mechanism, str) or not mechanism:
     raise TypeError(f"mechanism must be a non-empty str, got {mechanism!r}")
+  if cls is None:
+    def decorate(c: type) -> type:
+      register_attention_module(mechanism, c, overwrite=overwrite)
+      return c
+    return decorate
   if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
     raise TypeError(f"cls must be an nnx.Module subclass, got {cls!r}")
-  missing = [m for m in ("from_config", "check_config", "init_cache") if not hasattr(cls, m)]
+  missing = [m for m in ("__call__", "init_cache") if not hasattr(cls, m)]
   if missing:
     raise TypeError(f"{cls.__name__} lacks {missing}; subclass MultiHeadAttention or define "
                     "them")
   old = _MODULES.get(mechanism)
   if old is not None and old is not cls and not overwrite:
     raise ValueError(f"mechanism {mechanism!r} already uses {old.__name__}; pass overwrite=True")
+  if "mechanism_name" not in cls.__dict__:
+    cls.mechanism_name = mechanism
   _MODULES[mechanism] = cls
+  return cls
+
+
+def accepted_arguments(cls: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+  """Keyword parameters of ``cls(...)``, following ``**kwargs`` up the class hierarchy.
+
+  A constructor that forwards ``**kwargs`` to its parent accepts the parent's keywords too.
+  """
+  out: dict[str, inspect.Parameter] = {}
+  for klass in (cls.__mro__ if isinstance(cls, type) else ()):
+    init = klass.__dict__.get("__init__")
+    if init is None:
+      continue
+    params = inspect.signature(init).parameters
+    for name, p in params.items():
+      if name != "self" and p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                       inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        out.setdefault(name, p)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+      break
+  return out
 
 
 def _core_attention_names() -> list[str]:
@@ -405,8 +423,8 @@ def _core_attention_names() -> list[str]:
 
 
 def list_attention_mechanisms() -> list[str]:
-  """Names valid in ``config.model.attention.mechanism``: registered attention modules plus
-  core mechanisms of kind "attention" that have an implementation."""
+  """Names valid as a model's attention mechanism: registered attention modules plus core
+  mechanisms of kind "attention" that have an implementation."""
   return sorted(set(_core_attention_names()) | set(_MODULES))
 
 
@@ -420,31 +438,17 @@ def get_attention_module(mechanism: str) -> type:
   if isinstance(mechanism, str) and mechanism in attnlab.list_mechanisms():
     mech = core_registry.get_mechanism(mechanism)
     kind = getattr(mech, "kind", "attention")
-    if kind in ("attention", "module"):
+    if kind in ("attention", "module", "mixer"):
       raise ValueError(
           f"attention mechanism {mechanism!r} (kind {kind!r}) has no NNX attention module: "
-          "register one with attnlab.nn.register_attention_module (modules in "
-          f"a subpackage of attnlab/nn/ are imported automatically); valid mechanisms: {valid}")
-    raise ValueError(f"{mechanism!r} is a {kind!r} mechanism, not an attention mechanism "
-                     f"(select it with the config overrides {getattr(mech, 'config', {})}); "
-                     f"valid attention mechanisms: {valid}")
+          "add one in attnlab/nn/mechanisms/ with @register_attention_module; valid "
+          f"mechanisms: {valid}")
+    raise ValueError(f"{mechanism!r} is a {kind!r} catalogue entry, not an attention "
+                     f"mechanism (configs/mechanisms.py:{mechanism} selects it); valid attention "
+                     f"mechanisms: {valid}")
   raise ValueError(f"unknown attention mechanism {mechanism!r}; valid mechanisms: {valid}")
 
 
-def check_attention_config(cfg: Any) -> None:
-  """Validate ``cfg.attention`` (mechanism name, implementation, kwargs) of a model config."""
-  mechanism = cfg_get(cfg_get(cfg, "attention", {}), "mechanism", "softmax")
-  get_attention_module(mechanism).check_config(cfg)
-
-
-def make_attention(cfg: Any, *, rngs: nnx.Rngs, layer_index: int = 0,
-                   causal: bool = False) -> nnx.Module:
-  """Build the attention module for ``cfg.attention.mechanism`` (a model config)."""
-  mechanism = cfg_get(cfg_get(cfg, "attention", {}), "mechanism", "softmax")
-  cls = get_attention_module(mechanism)
-  return cls.from_config(cfg, layer_index=layer_index, causal=causal, rngs=rngs)
-
-
 __all__ = ["MultiHeadAttention", "register_attention_module", "get_attention_module",
-           "list_attention_mechanisms", "make_attention", "check_attention_config",
-           "accepted_mechanism_kwargs", "check_mechanism_kwargs"]
+           "list_attention_mechanisms", "accepted_arguments", "accepted_mechanism_kwargs",
+           "check_mechanism_kwargs", "SHARED_ARGUMENTS"]

@@ -6,29 +6,31 @@
 Norms and MLPs come from small registries so that variants plug in without touching the block:
 ``register_norm(name, factory)`` with ``factory(dim, *, eps, dtype, param_dtype, rngs)`` and
 ``register_mlp(name, factory)`` with ``factory(d_model, mlp_dim, *, dtype, param_dtype, rngs)``.
-A factory that also declares ``layer_index`` and/or ``model_cfg`` keyword parameters receives the
-block's 0-based layer index (None for a model's final norm) and the model config.
+A factory that also declares a ``layer_index`` keyword parameter receives the block's 0-based
+layer index (None for a model's final norm); ``norm_options`` reach the norm factory as keyword
+arguments (e.g. the PRepBN schedule).
 
-Block- and depth-level variants (``attnlab.nn.variants``, imported on first use) are selected
-from the model config: per-layer attention mechanisms (``attention.layer_mechanisms``), EchoAtt
-weight sharing (``echo``), dropped attention sublayers (``drop_attention_layers``), FiRST layer
-routers (``router``) and the layer-aware norms ``"layernorm_scaled"``, ``"rmsnorm_scaled"``,
-``"layernorm_prepbn"``. A norm module with ``takes_deterministic = True`` is called with
-``deterministic`` (train/eval behaviour, e.g. batch statistics).
+Block- and depth-level variants (``attnlab.nn.variants``, imported on first use) are typed
+arguments here: a block's attention module may be None (dropped attention sublayer) or an
+``EchoAttention`` (EchoAtt sharing), a block may have a FiRST ``router``, the stack routes
+EchoAtt anchor weights (``echo_sources``), and the layer-aware norms ``"layernorm_scaled"``,
+``"rmsnorm_scaled"``, ``"layernorm_prepbn"`` come from the norm registry. The model builder
+(``attnlab.models``) reads them from the model config. A norm module with
+``takes_deterministic = True`` is called with ``deterministic`` (train/eval behaviour, e.g.
+batch statistics).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from attnlab.core import masks
-from attnlab.nn.attention import make_attention
-from attnlab.nn.common import cfg_get, check_positive_int, resolve_dtype
+from attnlab.nn.common import check_positive_int, resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -49,15 +51,14 @@ def _load_variants() -> None:
 
 
 def _call_factory(factory: Callable[..., nnx.Module], *args: Any, layer_index: int | None,
-                  model_cfg: Any, **kwargs: Any) -> nnx.Module:
-  """Call ``factory``, adding ``layer_index`` / ``model_cfg`` when it declares them."""
+                  **kwargs: Any) -> nnx.Module:
+  """Call ``factory``, adding ``layer_index`` when it declares it."""
   try:
     params = inspect.signature(factory).parameters
   except (TypeError, ValueError):
     params = {}
-  for name, val in (("layer_index", layer_index), ("model_cfg", model_cfg)):
-    if name in params:
-      kwargs[name] = val
+  if "layer_index" in params:
+    kwargs["layer_index"] = layer_index
   return factory(*args, **kwargs)
 
 
@@ -73,16 +74,17 @@ def list_norms() -> list[str]:
 
 def make_norm(kind: str, dim: int, *, eps: float = 1e-6, dtype: Any = jnp.float32,
               param_dtype: Any = jnp.float32, rngs: nnx.Rngs, layer_index: int | None = None,
-              model_cfg: Any = None) -> nnx.Module:
+              **options: Any) -> nnx.Module:
   """A normalization layer over the last axis: one of ``list_norms()``.
 
-  ``layer_index`` (None outside the blocks) and ``model_cfg`` reach layer-aware factories.
+  ``layer_index`` (None outside the blocks) reaches layer-aware factories; ``options`` are the
+  norm's own keyword arguments (e.g. ``warmup_steps`` of "layernorm_prepbn").
   """
   _load_variants()
   if kind not in _NORMS:
     raise ValueError(f"norm must be one of {list_norms()}, got {kind!r}")
   return _call_factory(_NORMS[kind], dim, eps=eps, dtype=dtype, param_dtype=param_dtype,
-                       rngs=rngs, layer_index=layer_index, model_cfg=model_cfg)
+                       rngs=rngs, layer_index=layer_index, **options)
 
 
 def _layernorm(dim, *, eps, dtype, param_dtype, rngs):
@@ -154,14 +156,14 @@ def list_mlps() -> list[str]:
 
 
 def make_mlp(kind: str, d_model: int, mlp_dim: int, *, dtype: Any = jnp.float32,
-             param_dtype: Any = jnp.float32, rngs: nnx.Rngs, layer_index: int | None = None,
-             model_cfg: Any = None) -> nnx.Module:
+             param_dtype: Any = jnp.float32, rngs: nnx.Rngs,
+             layer_index: int | None = None) -> nnx.Module:
   """A position-wise MLP: one of ``list_mlps()`` (layer-aware factories as ``make_norm``)."""
   if kind not in _MLPS:
     raise ValueError(f"mlp must be one of {list_mlps()}, got {kind!r}")
   check_positive_int(mlp_dim, "mlp_dim")
   return _call_factory(_MLPS[kind], d_model, mlp_dim, dtype=dtype, param_dtype=param_dtype,
-                       rngs=rngs, layer_index=layer_index, model_cfg=model_cfg)
+                       rngs=rngs, layer_index=layer_index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,10 +173,10 @@ def make_mlp(kind: str, d_model: int, mlp_dim: int, *, dtype: Any = jnp.float32,
 class TransformerBlock(nnx.Module):
   """Pre-LN block over ``x [B, T, d_model]``.
 
-  ``attention`` is any module following the ``attnlab.nn.attention`` protocol (usually from
-  ``make_attention``). Dropout (rate ``dropout``) is applied to the attention output and to the
-  MLP output before each residual add. ``layer_index`` / ``model_cfg`` are handed to
-  layer-aware norm and MLP factories.
+  ``attention`` is any module following the ``attnlab.nn.attention`` protocol. Dropout (rate
+  ``dropout``) is applied to the attention output and to the MLP output before each residual
+  add. ``layer_index`` is handed to layer-aware norm and MLP factories, ``norm_options`` to the
+  norm factory.
 
   ``attention=None`` drops the attention sublayer (``x + drop(mlp(norm2(x)))``, "Attention
   Drop"). ``router`` (``attnlab.nn.variants.LayerRouter``) gates the whole block:
@@ -185,17 +187,18 @@ class TransformerBlock(nnx.Module):
                norm: str = "layernorm", mlp: str = "gelu", dropout: float = 0.0,
                norm_eps: float = 1e-6, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, layer_index: int | None = None,
-               model_cfg: Any = None, router: nnx.Module | None = None, rngs: nnx.Rngs):
+               norm_options: Mapping[str, Any] | None = None,
+               router: nnx.Module | None = None, rngs: nnx.Rngs):
     check_positive_int(d_model, "d_model")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     dtype, param_dtype = resolve_dtype(dtype), resolve_dtype(param_dtype, "param_dtype")
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, layer_index=layer_index,
-              model_cfg=model_cfg)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, layer_index=layer_index)
+    norm_kw = dict(kw, **(norm_options or {}))
     self.norm1 = (nnx.data(None) if attention is None
-                  else make_norm(norm, d_model, eps=norm_eps, **kw))
+                  else make_norm(norm, d_model, eps=norm_eps, **norm_kw))
     self.attention = nnx.data(None) if attention is None else attention
-    self.norm2 = make_norm(norm, d_model, eps=norm_eps, **kw)
+    self.norm2 = make_norm(norm, d_model, eps=norm_eps, **norm_kw)
     self.mlp = make_mlp(mlp, d_model, mlp_dim, **kw)
     self.attn_dropout = nnx.Dropout(float(dropout), rngs=rngs)
     self.mlp_dropout = nnx.Dropout(float(dropout), rngs=rngs)
@@ -203,27 +206,6 @@ class TransformerBlock(nnx.Module):
     # Set by attnlab.nn.variants.attention_layer_importance (inside nnx.capture) only.
     self.capture_attention_io = False
 
-  @classmethod
-  def from_config(cls, cfg: Any, *, layer_index: int, causal: bool,
-                  rngs: nnx.Rngs) -> "TransformerBlock":
-    """Build layer ``layer_index`` of a model config (``attnlab.models.default_model_config``)."""
-    _load_variants()
-    from attnlab.nn import variants  # pylint: disable=g-import-not-at-top
-    kind = variants.config.attention_kind(cfg, layer_index)
-    if kind == variants.config.DROPPED:
-      attention = None
-    elif kind == variants.config.ECHO:
-      attention = variants.EchoAttention.from_config(cfg, layer_index=layer_index,
-                                                     causal=causal, rngs=rngs)
-    else:
-      attention = make_attention(variants.config.layer_attention_config(cfg, layer_index),
-                                 rngs=rngs, layer_index=layer_index, causal=causal)
-    router = (variants.LayerRouter.from_config(cfg, rngs=rngs)
-              if layer_index in variants.config.router_layers(cfg) else None)
-    return cls(cfg.d_model, cfg.mlp_dim, attention, norm=cfg_get(cfg, "norm", "layernorm"),
-               mlp=cfg_get(cfg, "mlp", "gelu"), dropout=cfg_get(cfg, "dropout", 0.0),
-               norm_eps=cfg_get(cfg, "norm_eps", 1e-6), dtype=cfg_get(cfg, "dtype", "float32"),
-               layer_index=layer_index, model_cfg=cfg, router=router, rngs=rngs)
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> None:
     if self.attention is not None:
@@ -294,20 +276,29 @@ def check_layer_inputs(head_masks: Any, attn_biases: Any, num_layers: int,
 
 
 class TransformerStack(nnx.Module):
-  """``num_layers`` blocks; routes layer ``l``'s slice of the analysis inputs to layer ``l``."""
+  """A sequence of blocks; routes layer ``l``'s slice of the analysis inputs to layer ``l``.
 
-  def __init__(self, cfg: Any, *, causal: bool, rngs: nnx.Rngs):
-    check_positive_int(cfg.num_layers, "num_layers")
-    _load_variants()
-    from attnlab.nn.variants import config as variants_config  # pylint: disable=g-import-not-at-top
-    variants_config.check_block_config(cfg)
-    # EchoAtt: (sharing layer, anchor) pairs; anchors always return their weights.
-    self.echo_sources = tuple(sorted(variants_config.echo_map(cfg).items()))
-    self.num_layers = cfg.num_layers
-    self.num_heads = cfg.num_heads
-    self.blocks = nnx.List([TransformerBlock.from_config(cfg, layer_index=i, causal=causal,
-                                                         rngs=rngs)
-                            for i in range(cfg.num_layers)])
+  Args:
+    blocks: the ``TransformerBlock``s, layer 0 first.
+    num_heads: query heads of every layer (the shape of ``head_masks``).
+    echo_sources: EchoAtt ``{sharing_layer: anchor_layer}``; the anchor's attention weights
+      are passed to the sharing layer's ``EchoAttention`` (anchors always return weights).
+  """
+
+  def __init__(self, blocks: Sequence[TransformerBlock], *, num_heads: int,
+               echo_sources: Mapping[int, int] | None = None):
+    if not blocks:
+      raise ValueError("blocks must hold at least one TransformerBlock, got none")
+    check_positive_int(num_heads, "num_heads")
+    echo_sources = dict(echo_sources or {})
+    for sharing, anchor in echo_sources.items():
+      if not (0 <= anchor < sharing < len(blocks)):
+        raise ValueError(f"echo_sources must map a layer to an earlier anchor layer in "
+                         f"[0, {len(blocks)}), got {sharing}: {anchor}")
+    self.echo_sources = tuple(sorted(echo_sources.items()))
+    self.num_layers = len(blocks)
+    self.num_heads = num_heads
+    self.blocks = nnx.List(list(blocks))
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> None:
     for block in self.blocks:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the layers: dtype names, config reads, hashable static values."""
+"""Small helpers shared by the layers: dtype names, argument checks, hashable static values."""
 
 from __future__ import annotations
 
@@ -21,21 +21,10 @@ def resolve_dtype(dtype: Any, name: str = "dtype") -> Any:
     raise TypeError(f"{name} must be a dtype or one of {sorted(DTYPES)}, got {dtype!r}") from None
 
 
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-  """``cfg.key`` for a ConfigDict / dict / object, or ``default`` when absent or None."""
-  if hasattr(cfg, "get") and not hasattr(cfg, "__dataclass_fields__"):
-    val = cfg.get(key, default)
-  else:
-    val = getattr(cfg, key, default)
-  return default if val is None else val
-
-
 def to_dict(x: Any) -> dict[str, Any]:
-  """ConfigDict / mapping / None -> plain dict."""
+  """A mapping of keyword arguments (or None) -> plain dict."""
   if x is None:
     return {}
-  if hasattr(x, "to_dict"):
-    return dict(x.to_dict())
   if hasattr(x, "items"):
     return dict(x.items())
   raise TypeError(f"expected a mapping of keyword arguments, got {type(x).__name__}")

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import ArrayLike, Float, Int
 
 from attnlab.core.common import alibi_slopes
 from attnlab.nn.partitioning import logical_init
@@ -33,13 +34,14 @@ def check_position_kind(position: Any) -> str:
   return position
 
 
-def default_positions(batch: int, length: int, offset: Any = 0) -> Array:
+def default_positions(batch: int, length: int, offset: Any = 0) -> Int[Array, "B T"]:
   """``[batch, length]`` int32 positions ``offset, offset+1, ...``."""
   pos = jnp.arange(length, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)
   return jnp.broadcast_to(pos[None], (batch, length))
 
 
-def check_positions(positions: Any, batch: int, length: int, name: str = "positions") -> Array:
+def check_positions(positions: Any, batch: int, length: int,
+                    name: str = "positions") -> Int[Array, "#B T"]:
   """Accept ``[T]`` or ``[B|1, T]`` integer positions; return ``[B|1, T]``."""
   positions = jnp.asarray(positions)
   if not jnp.issubdtype(positions.dtype, jnp.integer):
@@ -52,7 +54,8 @@ def check_positions(positions: Any, batch: int, length: int, name: str = "positi
   return positions
 
 
-def rope_angles(positions: Array, head_dim: int, base: float = 10000.0) -> Array:
+def rope_angles(positions: Int[Array, "*batch"], head_dim: int,
+                base: float = 10000.0) -> Float[Array, "*batch half_dim"]:
   """Float32 angles ``[..., head_dim // 2]``: ``position * base^(-2i / head_dim)``."""
   if head_dim % 2:
     raise ValueError(f"RoPE needs an even head_dim, got head_dim={head_dim}")
@@ -60,7 +63,8 @@ def rope_angles(positions: Array, head_dim: int, base: float = 10000.0) -> Array
   return positions.astype(jnp.float32)[..., None] * inv_freq
 
 
-def apply_rope(x: Array, positions: Any, *, base: float = 10000.0) -> Array:
+def apply_rope(x: Float[Array, "B T H D"], positions: Int[ArrayLike, "T"] | Int[ArrayLike, "#B T"],
+               *, base: float = 10000.0) -> Float[Array, "B T H D"]:
   """Rotate ``x [B, T, H, D]`` by its positions (``[T]`` or ``[B, T]``, integers).
 
   Feature ``i < D/2`` is paired with ``i + D/2``:
@@ -79,7 +83,8 @@ def apply_rope(x: Array, positions: Any, *, base: float = 10000.0) -> Array:
   return out.astype(x.dtype)
 
 
-def sinusoidal_embedding(positions: Any, dim: int, *, base: float = 10000.0) -> Array:
+def sinusoidal_embedding(positions: Int[ArrayLike, "T"] | Int[ArrayLike, "#B T"], dim: int, *,
+                         base: float = 10000.0) -> Float[Array, "#B T dim"]:
   """Fixed sinusoids ``[B|1, T, dim]`` float32: ``[sin(p w_i), cos(p w_i)]``, w_i = base^(-2i/dim).
 
   ``positions`` is ``[T]`` or ``[B, T]`` (integers). Sines fill the first half of the features,
@@ -110,7 +115,8 @@ class LearnedPositionEmbedding(nnx.Module):
         embedding_init=logical_init(nnx.initializers.normal(0.02), ("position", "embed")),
         rngs=rngs)
 
-  def __call__(self, positions: Array) -> Array:
+  def __call__(self, positions: Int[ArrayLike, "T"] | Int[ArrayLike, "#B T"]
+               ) -> Float[Array, "#B T dim"]:
     """``positions [T]`` or ``[B, T]`` -> ``[B|1, T, dim]``. Positions >= max_len are clipped."""
     positions = jnp.asarray(positions)
     if positions.ndim == 1:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core import softmax as softmax_lib
+from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 

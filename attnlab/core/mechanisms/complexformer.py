@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -45,7 +46,7 @@ def rotate_polar(x: Array, pos: Array, *, phase_scale: Array, phase_bias: Array 
   """
   d = x.shape[-1]
   xf = x.astype(jnp.float32)
-  r, theta = _common.safe_polar(xf[..., : d // 2], xf[..., d // 2:])
+  r, theta = _scores.safe_polar(xf[..., : d // 2], xf[..., d // 2:])
   omega = rope_base ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # [D/2]
   ang = pos.astype(jnp.float32)[None, :, None, None] * omega  # [1, T, 1, D/2]
   phase = phase_scale * theta + pos_scale * ang
@@ -65,20 +66,30 @@ def complex_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | 
   ``phase_scale`` (a), ``phase_bias`` (b): scalar, ``[H]`` or ``[H, D/2]``; ``pos_scale``
   (s): scalar or ``[H]``. Defaults give RoPE.
   """
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   b, tq, h, d = q.shape
   tk = k.shape[1]
   if d % 2:
     raise ValueError(f"complex attention pairs features: head_dim must be even, got {d}")
-  a = _common.head_param(phase_scale, "phase_scale", h, (d // 2,))
-  s = _common.head_param(pos_scale, "pos_scale", h).reshape(h, 1)
-  bb = None if phase_bias is None else _common.head_param(phase_bias, "phase_bias", h,
+  a = _scores.head_param(phase_scale, "phase_scale", h, (d // 2,))
+  s = _scores.head_param(pos_scale, "pos_scale", h).reshape(h, 1)
+  bb = None if phase_bias is None else _scores.head_param(phase_bias, "phase_bias", h,
                                                           (d // 2,))
-  q_pos, k_pos = _common.positions(tq, tk, q_offset)
+  q_pos, k_pos = _scores.positions(tq, tk, q_offset)
   qr = rotate_polar(q, q_pos, phase_scale=a, phase_bias=bb, pos_scale=s, rope_base=rope_base)
-  kr = rotate_polar(_common.repeat_kv(k, h), k_pos, phase_scale=a, phase_bias=None,
+  kr = rotate_polar(_scores.repeat_kv(k, h), k_pos, phase_scale=a, phase_bias=None,
                     pos_scale=s, rope_base=rope_base)
   logits = common.dense_logits(qr, kr, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+registry.register_mechanism(
+    'complexformer', kind='module',
+    paper='ComplexFormer: Disruptively Advancing Transformer Inference Ability via '
+          'Head-Specific Complex Vector Attention (arXiv 2505.10222)',
+    description='sum_c r_q r_k cos(a_h (theta_q - theta_k) + b_h + s_h (m - n) omega_c); RoPE at '
+                'a=1, b=0, s=1',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    implementations={"xla": complex_attention})

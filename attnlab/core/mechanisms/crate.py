@@ -11,7 +11,7 @@ query, key **and** value::
 In the token-major layout of this package ``w = x U`` ``[B, T, H, D]`` and
 ``crate_attention(w, w, w)`` is the per-head SSA (softmax over keys, ``scale = 1/sqrt(D)`` as
 in the official code). ``crate_mssa(w)`` is that call. Departures: the paper's output
-operator is ``(p / (N eps^2)) [U_1, ..., U_H]``; ``attnlab.nn.mechanisms_scores.CRATEAttention``
+operator is ``(p / (N eps^2)) [U_1, ..., U_H]``; ``attnlab.nn.mechanisms.crate.CRATEAttention``
 uses a separate learned output projection as the authors' code does. CRATE's ISTA block (in
 place of the MLP) is not part of this mechanism. Masks (causal for a decoder) apply as usual.
 """
@@ -23,7 +23,8 @@ from typing import Any
 import jax
 
 from attnlab.core import common
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -40,13 +41,23 @@ def crate_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | No
     raise ValueError("crate attention uses one projection as query, key and value: k and v must "
                      "have the same shape and q the same batch, heads and head_dim, got q "
                      f"{q.shape}, k {k.shape}, v {v.shape}")
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
 
 
 def crate_mssa(w: Array, **kwargs: Any):
   """``crate_attention(w, w, w, **kwargs)`` for the subspace projection ``w = x U``."""
   return crate_attention(w, w, w, **kwargs)
+
+
+registry.register_mechanism(
+    'crate', kind='module',
+    paper='White-Box Transformers via Sparse Rate Reduction (arXiv 2306.01129); Masked '
+          'Completion via Structured Diffusion with White-Box Transformers (arXiv '
+          '2404.02446)',
+    description='MSSA: q = k = v = x U_h per head, softmax(w w^T * scale) w',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    implementations={"xla": crate_attention})

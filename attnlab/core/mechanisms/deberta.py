@@ -28,7 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -75,22 +76,31 @@ def deberta_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | 
   tk = k.shape[1]
   n_terms = 1 + (q_r is not None) + (k_r is not None)
   scale = 1.0 / math.sqrt(n_terms * d) if scale is None else scale
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   for name, t in (("q_r", q_r), ("k_r", k_r)):
     if t is not None and t.shape != (2 * max_distance, h, d):
       raise ValueError(f"{name} must have shape [2 * max_distance, heads, head_dim]="
                        f"{(2 * max_distance, h, d)}, got {t.shape}")
-  q_pos, k_pos = _common.positions(tq, tk, q_offset)
-  raw = _common.qk_raw(q, k)
+  q_pos, k_pos = _scores.positions(tq, tk, q_offset)
+  raw = _scores.qk_raw(q, k)
   if k_r is not None:  # content-to-position: q_i . k_r[d(i, j)]
     idx = relative_index(q_pos, k_pos, max_distance, log_buckets=log_buckets,
                          max_position=max_position)
-    raw = raw + _common.relative_term(q, k_r, idx)
+    raw = raw + _scores.relative_term(q, k_r, idx)
   if q_r is not None:  # position-to-content: k_j . q_r[d(j, i)]
     idx = relative_index(k_pos, q_pos, max_distance, log_buckets=log_buckets,
                          max_position=max_position)  # [Tk, Tq]
-    raw = raw + jnp.swapaxes(_common.relative_term(k, q_r, idx), -1, -2)
-  logits = _common.finish_logits(raw, scale=scale, softcap=softcap, bias=bias, alibi=alibi,
+    raw = raw + jnp.swapaxes(_scores.relative_term(k, q_r, idx), -1, -2)
+  logits = _scores.finish_logits(raw, scale=scale, softcap=softcap, bias=bias, alibi=alibi,
                                  q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+registry.register_mechanism(
+    'deberta', kind='module',
+    paper='DeBERTa: Decoding-enhanced BERT with Disentangled Attention (arXiv 2006.03654)',
+    description='softmax((q_i.k_j + q_i.k_r[d(i,j)] + k_j.q_r[d(j,i)]) / sqrt(3d)) v, d = clipped '
+                'relative distance',
+    complexity='O(T^2 d + T m d) time, O(T^2 + T m) memory (m = max_distance)',
+    implementations={"xla": deberta_attention})

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core import softmax as softmax_lib
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import softmax as softmax_lib
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -56,7 +57,7 @@ def gpsa_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | Non
   positional attention). ``gate``: ``[H]`` gating logits lambda (``sigmoid`` is taken; default:
   no positional attention).
   """
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   tq, h = q.shape[1], q.shape[2]
   tk = k.shape[1]
@@ -65,16 +66,26 @@ def gpsa_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | Non
                                q_offset=q_offset)
   weights = softmax_lib.masked_softmax(logits, allowed)
   if gate is not None:
-    g = jax.nn.sigmoid(_common.head_param(gate, "gate", h))[None, :, None, None]
+    g = jax.nn.sigmoid(_scores.head_param(gate, "gate", h))[None, :, None, None]
     if pos_weights is None:
       pos_weights = jnp.zeros((h, 2), jnp.float32)
     if pos_weights.shape != (h, 2):
       raise ValueError(f"pos_weights must have shape [heads, 2]={(h, 2)}, got "
                        f"{pos_weights.shape}")
-    q_pos, k_pos = _common.positions(tq, tk, q_offset)
+    q_pos, k_pos = _scores.positions(tq, tk, q_offset)
     pos = softmax_lib.masked_softmax(positional_logits(pos_weights, q_pos, k_pos), allowed)
     weights = (1.0 - g) * weights + g * pos
     denom = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights / jnp.where(denom == 0.0, 1.0, denom)
   out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
   return (out, weights) if return_weights else out
+
+
+registry.register_mechanism(
+    'gpsa', kind='module',
+    paper='ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
+          '(arXiv 2103.10697)',
+    description='(1 - sigmoid(l_h)) softmax(q k^T) + sigmoid(l_h) softmax(v_pos . (delta^2, '
+                'delta)), 1-D relative positions, locality init',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    implementations={"xla": gpsa_attention})

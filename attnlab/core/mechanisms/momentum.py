@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core import softmax as softmax_lib
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import softmax as softmax_lib
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -44,17 +45,26 @@ def momentum_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array |
                        head_mask: Array | None = None, return_weights: bool = False,
                        momentum: float = 0.9, eta: float = 1.0, include_current: bool = False):
   """Softmax attention + ``eta`` x EMA of past values; shapes as ``softmax_attention``."""
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   tq, tk = q.shape[1], k.shape[1]
   allowed = softmax_lib.dense_mask(mask, tq, tk)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
   weights = softmax_lib.masked_softmax(logits, allowed)
-  q_pos, k_pos = _common.positions(tq, tk, q_offset)
+  q_pos, k_pos = _scores.positions(tq, tk, q_offset)
   decay = ema_weights(q_pos, k_pos, momentum, include_current)[None, None]  # [1,1,Tq,Tk]
   if allowed is not None:
     decay = jnp.where(allowed, decay, 0.0)
   total = weights + jnp.asarray(eta, jnp.float32) * decay  # [B, H, Tq, Tk]
   out = common.apply_head_mask(common.weighted_values(total, v), head_mask).astype(q.dtype)
   return (out, weights) if return_weights else out
+
+
+registry.register_mechanism(
+    'momentum_ema', kind='attention',
+    paper='Why Can GPT Learn In-Context? Language Models Implicitly Perform Gradient '
+          'Descent as Meta-Optimizers (arXiv 2212.10559)',
+    description='softmax attention + eta * sum_{i<t} momentum^(t-i) v_i',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    implementations={"xla": momentum_attention})

@@ -36,7 +36,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from attnlab.core.mechanisms_mixers._common import check_allowed, f32, layer_norm
+from attnlab.core.mechanisms._mixers import check_allowed, f32, layer_norm
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -99,3 +100,12 @@ def ninformer_mixing(x: Array, params: Mapping[str, Any], *, allowed: Array | No
   v = v + c @ f32(p["channel_w2"]) + f32(p["channel_b2"])
   u = xf @ f32(p["proj_w"]) + f32(p["proj_b"])
   return (u * v).astype(x.dtype)
+
+
+registry.register_mechanism(
+    'ninformer', kind='mixer',
+    paper='NiNformer: A Network in Network Transformer with Token Mixing Generated Gating '
+          'Function (arXiv 2403.02411)',
+    description='(x W_p + b_p) * MixerBlock(x): token-mixing MLP over positions (lower-triangular '
+                'for causal LM) then channel MLP, as an element-wise gate',
+    complexity='O(T^2 d r) time, O(T^2 r) parameters (r = token_expansion, T = max_len)')

@@ -10,7 +10,7 @@ projection) learn::
 
 This function takes the general bilinear form ``q_i^T W_h k_j`` (``qk_matrix [H, Dq, Dk]``;
 omitted: identity, i.e. softmax attention). ``W_h`` ~ ``mu I + N(0, 1/E)`` entrywise is built
-by ``attnlab.nn.mechanisms_scores.RandomQKAttention`` (``mu = 0``: zero mean; ``mu != 0``: the
+by ``attnlab.nn.mechanisms.random_qk.RandomQKAttention`` (``mu = 0``: zero mean; ``mu != 0``: the
 paper's non-zero-mean sampling, to our reading centred on the identity). Departures: softmax
 over keys (the paper's analysis also covers other normalisations), one frozen matrix per head
 of a standard multi-head layer rather than very many heads, ``scale = 1/sqrt(Dk)``.
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -38,7 +39,7 @@ def random_qk_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array 
 
   ``qk_matrix``: ``[H, D, D]`` (treated as a constant: no gradient flows into it).
   """
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   h, d = q.shape[2], q.shape[3]
   if qk_matrix is not None:
@@ -49,4 +50,14 @@ def random_qk_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array 
     q = jnp.einsum("bthd,hde->bthe", q.astype(jnp.float32), w).astype(q.dtype)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+registry.register_mechanism(
+    'random_qk', kind='module',
+    paper='What can a Single Attention Layer Learn? A Study Through the Random Features '
+          'Lens (arXiv 2307.11353)',
+    description='softmax(x_i^T W_h x_j / sqrt(E)) v, W_h frozen random (mean qk_mean * I), values '
+                'trained',
+    complexity='O(T^2 E + T E^2) time per head, O(T^2) memory (E = d_model)',
+    implementations={"xla": random_qk_attention})

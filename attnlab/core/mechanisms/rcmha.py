@@ -2,7 +2,7 @@
 
 Paper: "RCMHA: Relative Convolutional Multi-Head Attention for Natural Language Modelling"
 (Sugiharto, Aradea, Mubarok; arXiv 2308.03429). RCMHA = depth-wise convolution of the Q/K/V
-projections (done by ``attnlab.nn.mechanisms_scores.RCMHAttention``) + relative positional
+projections (done by ``attnlab.nn.mechanisms.rcmha.RCMHAttention``) + relative positional
 scores "as in Transformer-XL" (Dai et al., arXiv 1901.02860, Sec. 3.3), which this
 function computes::
 
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -47,7 +48,7 @@ def rcmha_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | No
   """
   if not isinstance(max_distance, int) or max_distance <= 0:
     raise ValueError(f"max_distance must be a positive int, got {max_distance!r}")
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   tq, h, d = q.shape[1:]
   tk = k.shape[1]
@@ -61,9 +62,20 @@ def rcmha_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | No
   raw = common.dense_logits(qc, k, scale=1.0)
   if r is not None:
     qp = q if w is None else (q.astype(jnp.float32) + w.astype(jnp.float32)).astype(q.dtype)
-    q_pos, k_pos = _common.positions(tq, tk, q_offset)
-    raw = raw + _common.relative_term(qp, r, relative_distance_index(q_pos, k_pos,
+    q_pos, k_pos = _scores.positions(tq, tk, q_offset)
+    raw = raw + _scores.relative_term(qp, r, relative_distance_index(q_pos, k_pos,
                                                                      max_distance))
-  logits = _common.finish_logits(raw, scale=scale, softcap=softcap, bias=bias, alibi=alibi,
+  logits = _scores.finish_logits(raw, scale=scale, softcap=softcap, bias=bias, alibi=alibi,
                                  q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+registry.register_mechanism(
+    'rcmha', kind='module',
+    paper='RCMHA: Relative Convolutional Multi-Head Attention for Natural Language '
+          'Modelling (arXiv 2308.03429)',
+    description='causal depth-wise conv on q/k/v, then softmax((q_i+u).k_j + (q_i+w).r[i-j]) v '
+                '(Transformer-XL relative terms)',
+    complexity='O(T^2 d + T m d + T c d) time, O(T^2 + T m) memory (m = max_distance, c = '
+               'kernel_size)',
+    implementations={"xla": rcmha_attention})

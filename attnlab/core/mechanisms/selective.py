@@ -12,7 +12,7 @@ Equation (per head h, query i, key j)::
 ``n_i`` is the number of keys query ``i`` may see (row count of the mask: ``i + 1`` for causal
 attention, as the authors' code ``1 + s log(row_length)``; ``kv_len`` without a mask).
 Temperatures are inputs (``[B, Tq, H]``, ``[B, Tk, K]``, ``[H]``); the learned functions that
-produce them live in ``attnlab.nn.mechanisms_scores.SelectiveAttention``. With
+produce them live in ``attnlab.nn.mechanisms.selective.SelectiveAttention``. With
 ``q_temperature = 1``, ``position_strength = 0`` and ``v_temperature = 1`` this is softmax
 attention. Departures: ``n_i`` counts the keys that the mask allows (segments, windows, cache
 validity) rather than the raw position; the module applies the temperature to q after RoPE.
@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
-from attnlab.core import softmax as softmax_lib
-from attnlab.core.mechanisms_scores import _common
+from attnlab.core.mechanisms import softmax as softmax_lib
+from attnlab.core.mechanisms import _scores
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -53,7 +54,7 @@ def selective_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array 
   ``position_strength``: ``[H]`` or scalar ``s``; adds ``s * log(n_i)`` to the query
   temperature (default 0).
   """
-  mask, bias, scale, alibi, head_mask = _common.prepare(q, k, v, mask, bias, scale,
+  mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   b, tq, h, _ = q.shape
   tk, kh = k.shape[1], k.shape[2]
@@ -65,7 +66,7 @@ def selective_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array 
                        f"got {q_temperature.shape}")
     tau = q_temperature
   if position_strength is not None:
-    s = _common.head_param(position_strength, "position_strength", h)
+    s = _scores.head_param(position_strength, "position_strength", h)
     n = visible_keys(mask, b, tq, tk)  # [B|1, Tq]
     tau = tau + s[None, None, :] * jnp.log(n)[:, :, None]
   qt = (q.astype(jnp.float32) * tau[..., None]).astype(q.dtype)
@@ -77,4 +78,14 @@ def selective_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array 
     v = (v.astype(jnp.float32) * v_temperature[..., None]).astype(v.dtype)
   logits = common.dense_logits(qt, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  return _common.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights)
+
+
+registry.register_mechanism(
+    'selective_ssa', kind='module',
+    paper='Selective Attention: Enhancing Transformer through Principled Context Control '
+          '(arXiv 2411.12892)',
+    description='softmax((tau_q,i q_i) k_j * scale) (tau_v,j v_j); tau_q = 1 + tanh(q.w) + s '
+                'log(n_i), tau_v = 1 + tanh(v.u)',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    implementations={"xla": selective_attention})

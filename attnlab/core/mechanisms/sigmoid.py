@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
-from attnlab.core import softmax as softmax_lib
+from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 
@@ -44,3 +44,24 @@ def sigmoid_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | No
     weights = jnp.where(allowed, weights, 0.0)
   out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
   return (out, weights) if return_weights else out
+
+
+# Registration. chunked.py imports this module, so it is imported here, after the functions
+# it uses are defined.
+from attnlab.core import chunked  # noqa: E402  pylint: disable=g-import-not-at-top
+from attnlab.core import registry  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def chunked_sigmoid_attention(q: Array, k: Array, v: Array, **kwargs: Any):
+  """``chunked_attention`` with the sigmoid normaliser (FlashSigmoid order, O(T) memory)."""
+  return chunked.chunked_attention(q, k, v, normalizer="sigmoid", **kwargs)
+
+
+registry.register_mechanism(
+    "sigmoid", kind="attention",
+    paper="Theory, Analysis, and Best Practices for Sigmoid Self-Attention (arXiv 2409.04431)",
+    description="sigmoid(q k^T * scale + b) v, b = -log(kv_len)",
+    complexity="O(T^2 d) time, O(T d) memory (chunked/pallas)", kernel="pallas (FlashSigmoid)",
+    implementations={"xla": sigmoid_attention})
+registry.register_implementation("sigmoid", "chunked", chunked_sigmoid_attention,
+                                 supports=softmax_lib.chunked_refusal)

@@ -59,3 +59,24 @@ def softmax_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | No
   weights = masked_softmax(logits, dense_mask(mask, q.shape[1], k.shape[1]))
   out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
   return (out, weights) if return_weights else out
+
+
+# Registration. chunked.py imports this module, so it is imported here, after the functions
+# it uses are defined.
+from attnlab.core import chunked  # noqa: E402  pylint: disable=g-import-not-at-top
+from attnlab.core import registry  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def chunked_refusal(**call: Any) -> str | None:
+  """Why ``chunked_attention`` cannot take ``call`` (None if it can)."""
+  call.pop("normalizer", None)
+  return registry.unaccepted_kwargs(chunked.chunked_attention, call)
+
+
+registry.register_mechanism(
+    "softmax", kind="attention", paper="Attention Is All You Need (arXiv 1706.03762)",
+    description="softmax(q k^T * scale + bias) v",
+    complexity="O(T^2 d) time, O(T d) memory (chunked/pallas)", kernel="pallas (softmax)",
+    implementations={"xla": softmax_attention})
+registry.register_implementation("softmax", "chunked", chunked.chunked_attention,
+                                 supports=chunked_refusal)

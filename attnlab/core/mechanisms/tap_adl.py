@@ -40,7 +40,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from attnlab.core.mechanisms_mixers._common import check_allowed, check_valid, f32, shift_tokens
+from attnlab.core.mechanisms._mixers import check_allowed, check_valid, f32, shift_tokens
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -141,3 +142,12 @@ def attention_diversification_loss(weights: Array | Sequence[Array], *,
   anchor_hat = jnp.where(anchor > tau, anchor, 0.0)
   cos = _cosine(a_hat, anchor_hat)  # [B, Tq]
   return jnp.sum(cos * vw) / jnp.maximum(jnp.sum(vw), 1.0)
+
+
+registry.register_mechanism(
+    'tap_adl', kind='module',
+    paper='Robustifying Token Attention for Vision Transformers (arXiv 2303.11126)',
+    description='attention over token-aware average pooled inputs (per-token softmax mix of '
+                'dilated 1-D neighbourhood means) + attention diversification loss (cosine of '
+                'thresholded rows to their mean row) sown as aux_loss',
+    complexity='O(T^2 d) time, O(T^2) memory (dense reference) (weights materialised for ADL)')

@@ -1,8 +1,9 @@
 """Block- and depth-level mechanisms as pure functions (no Flax, no state).
 
 These change how blocks are wired rather than the attention scores; their NNX pieces live in
-``attnlab.nn.variants`` and the stack (``attnlab.nn.blocks``) selects them from
-``config.model``. Catalogue metadata: ``attnlab.core.catalogue.blocks``.
+``attnlab.nn.variants``, the transformer stack (``attnlab.nn.blocks``) takes them as typed
+arguments, and the model builder (``attnlab.models``) reads them from typed fields of the
+model config. Each file registers its catalogue entry (kind "block") at its bottom.
 
 =====================  =======================================  ==========================
 catalogue name         functions                                paper
@@ -17,20 +18,20 @@ wide_deep              wide_deep_shapes                         arXiv 2210.00640
 =====================  =======================================  ==========================
 """
 
-from attnlab.core.mechanisms_blocks.attention_drop import (attention_importance,
+from attnlab.core.variants.attention_drop import (attention_importance,
                                                            check_drop_layers, layers_to_drop,
                                                            token_cosine)
-from attnlab.core.mechanisms_blocks.depth_scaling import depth_scale, scaled_layer_norm
-from attnlab.core.mechanisms_blocks.echo import echo_attention, echo_sources
-from attnlab.core.mechanisms_blocks.interleave import layer_mechanisms
-from attnlab.core.mechanisms_blocks.prepbn import (batch_moments, fold_repbn, layer_norm,
+from attnlab.core.variants.depth_scaling import depth_scale, scaled_layer_norm
+from attnlab.core.variants.echo import echo_attention, echo_sources
+from attnlab.core.variants.interleave import layer_mechanisms
+from attnlab.core.variants.prepbn import (batch_moments, fold_repbn, layer_norm,
                                                    prepbn_lambda, progressive_norm, repbn,
                                                    update_running)
-from attnlab.core.mechanisms_blocks.routing import (DECODE_POLICIES, TRAIN_GATES, gated_residual,
+from attnlab.core.variants.routing import (DECODE_POLICIES, TRAIN_GATES, gated_residual,
                                                     hard_gate, prefill_decision,
                                                     router_probability, skip_regularizer,
                                                     straight_through_gate, train_gate)
-from attnlab.core.mechanisms_blocks.wide_deep import divisor_depths, wide_deep_shapes
+from attnlab.core.variants.wide_deep import divisor_depths, wide_deep_shapes
 
 __all__ = [
     "attention_importance", "check_drop_layers", "layers_to_drop", "token_cosine",

@@ -22,6 +22,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -69,3 +70,12 @@ def check_drop_layers(drop: Sequence[int] | None, num_layers: int) -> tuple[int,
   if len(set(drop)) != len(drop):
     raise ValueError(f"drop_attention_layers has duplicates: {drop}")
   return tuple(sorted(drop))
+
+
+registry.register_mechanism(
+    'attention_drop', kind='block',
+    paper='What Matters in Transformers? Not All Attention is Needed (arXiv 2406.15786)',
+    description='importance 1 - mean_t cos(X, X + Attn(LN(X))) ranks attention sublayers '
+                '(attnlab.nn.variants.attention_layer_importance); drop_attention_layers skips '
+                'those sublayers, MLPs kept',
+    complexity='dropped layers: no attention compute and no KV cache')

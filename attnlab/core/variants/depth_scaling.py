@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -46,3 +47,11 @@ def scaled_layer_norm(x: Array, scale: Array, bias: Array | None, *, layer_index
   if bias is not None:
     y = y + bias.astype(jnp.float32)
   return (y * depth_scale(layer_index)).astype(x.dtype)
+
+
+registry.register_mechanism(
+    'layernorm_scaling', kind='block',
+    paper='The Curse of Depth in Large Language Models (arXiv 2502.05795)',
+    description='pre-LN outputs scaled by 1/sqrt(l), l = 1-based layer depth (norm '
+                "'layernorm_scaled'; 'rmsnorm_scaled' for RMSNorm)",
+    complexity='O(T d) per norm (as LayerNorm)')

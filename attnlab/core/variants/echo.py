@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.core import common
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -79,3 +80,12 @@ def echo_sources(anchors: Sequence[int], sharing_layers: Sequence[int],
       raise ValueError(f"echo: layer {a} cannot be both an anchor and a sharing layer")
     out[s] = a
   return out
+
+
+registry.register_mechanism(
+    'echoatt', kind='block',
+    paper='EchoAtt: Attend, Copy, then Adjust for More Efficient Large Language Models '
+          '(arXiv 2409.14595)',
+    description="sharing layers reuse an anchor layer's attention weights A_a and keep their own "
+                'values and output projection: out_l = (A_a V_l) W_O,l',
+    complexity='sharing layer: O(T^2 d) (weights @ V), no q/k projections or softmax')

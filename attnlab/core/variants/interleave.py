@@ -22,6 +22,7 @@ attention) are a config choice here, not fixed.
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+from attnlab.core import registry
 
 
 def layer_mechanisms(mechanism: str, per_layer: Sequence[str] | None, num_layers: int, *,
@@ -59,3 +60,13 @@ def layer_mechanisms(mechanism: str, per_layer: Sequence[str] | None, num_layers
       raise ValueError(f"attention.layer_mechanisms has unknown mechanism(s) {unknown}; valid "
                        f"mechanisms: {known}")
   return names
+
+
+registry.register_mechanism(
+    'interleave', kind='block',
+    paper='Deconstructing Attention: Investigating Design Principles for Effective Language '
+          'Modeling (arXiv 2510.11602)',
+    description='per-layer mechanism list: layer l uses attention.layer_mechanisms[l]; the '
+                "default hybrid keeps softmax attention in layer 0 and the paper's RndEmbQK "
+                "variant ('mixer_fixed': fixed, input-independent mixing) in layer 1",
+    complexity="that of each layer's mechanism")

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -83,3 +84,13 @@ def progressive_norm(ln_out: Array, bn_out: Array, lam: Array) -> Array:
 def update_running(running: Array, batch: Array, momentum: float) -> Array:
   """Exponential moving average ``momentum * running + (1 - momentum) * batch``."""
   return momentum * running + (1.0 - momentum) * batch
+
+
+registry.register_mechanism(
+    'prepbn', kind='block',
+    paper='SLAB: Efficient Transformers with Simplified Linear Attention and Progressive '
+          'Re-parameterized Batch Normalization (arXiv 2405.11582)',
+    description='lambda LN(x) + (1 - lambda) (BN(x) + eta x), lambda 1 -> 0 linearly over '
+                'prepbn.decay_steps training calls after prepbn.warmup_steps; RepBN folds to a x '
+                '+ c at inference',
+    complexity='O(T d) per norm; inference (lambda = 0) an affine map')

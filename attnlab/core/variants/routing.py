@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from attnlab.core import registry
 
 Array = jax.Array
 
@@ -84,3 +85,13 @@ def skip_regularizer(probs: list[Array] | tuple[Array, ...]) -> Array:
   if not probs:
     return jnp.float32(0.0)
   return jnp.mean(jnp.stack([jnp.mean(p.astype(jnp.float32)) for p in probs]))
+
+
+registry.register_mechanism(
+    'first_router', kind='block',
+    paper='FiRST: Finetuning Router-Selective Transformers for Input-Adaptive Latency '
+          'Reduction (arXiv 2410.12513)',
+    description='per-layer router p = sigmoid(MLP(x)) on the layer input; training x + p '
+                '(Layer(x) - x); decoding skips the layer where p < threshold (per token, K/V '
+                'still cached; or per sequence from the prompt)',
+    complexity="router O(T d r) per layer; skipped layers' output discarded")

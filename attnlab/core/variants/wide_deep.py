@@ -11,6 +11,7 @@ sweep; we keep ``head_dim`` and ``d_model`` fixed, and use plain MHA (``num_kv_h
 from __future__ import annotations
 
 from typing import Sequence
+from attnlab.core import registry
 
 
 def wide_deep_shapes(total_heads: int, depths: Sequence[int]) -> list[tuple[int, int]]:
@@ -30,3 +31,12 @@ def wide_deep_shapes(total_heads: int, depths: Sequence[int]) -> list[tuple[int,
 def divisor_depths(total_heads: int) -> tuple[int, ...]:
   """Every depth that divides ``total_heads`` (1 = widest, ``total_heads`` = deepest)."""
   return tuple(d for d in range(1, total_heads + 1) if total_heads % d == 0)
+
+
+registry.register_mechanism(
+    'wide_deep', kind='block',
+    paper='Wide Attention Is The Way Forward For Transformers? (arXiv 2210.00640)',
+    description='fixed total heads, depth traded for heads per layer '
+                '(attnlab.models.wide_deep_configs, configs/wide_vs_deep.py); this entry is '
+                'the widest point of a 4-head sweep: 1 layer x 4 heads',
+    complexity='as softmax attention; L * H_l = H_total fixed')

@@ -1,8 +1,8 @@
-"""Shared plumbing of the token-mixer modules: option parsing/validation, parameters, and a
+"""Shared plumbing of the token-mixer modules: hyperparameter checks, parameters, and a
 ``TokenMixer`` base class implementing the attention-module interface of
 ``attnlab.nn.attention`` for modules that replace attention.
 
-``TokenMixer`` subclasses implement ``mix(x, *, positions, mask, head_mask, bias,
+``TokenMixer`` subclasses (one file each in ``attnlab/nn/mechanisms/``) implement ``mix(x, *, positions, mask, head_mask, bias,
 return_weights)`` over a whole sequence. The base class builds the structural mask (causal,
 sliding window, the caller's extra mask) and implements decoding with an *input* cache: the
 normalised inputs of all past positions are kept (``cached_input [B, S, E]``) and the mixer is
@@ -21,8 +21,7 @@ from flax import nnx
 
 from attnlab.core import masks
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.attention import _MANAGED
-from attnlab.nn.common import cfg_get, check_positive_int, freeze, resolve_dtype, to_dict
+from attnlab.nn.common import check_positive_int, resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -47,102 +46,79 @@ ones = nnx.initializers.ones_init()
 lecun = nnx.initializers.lecun_normal()
 
 
-def check_option(options: dict[str, Any], name: str, kind: Any, default: Any,
-                 owner: str) -> Any:
-  """Read and type-check one option: kind "int>0", "int>=0", "bool", "float", "float>0",
-  "float>=0", or a tuple of allowed values."""
-  val = options.get(name, default)
-  is_int = isinstance(val, int) and not isinstance(val, bool)
-  is_num = isinstance(val, (int, float)) and not isinstance(val, bool)
+def check_value(value: Any, name: str, kind: Any, owner: str) -> Any:
+  """Type-check one hyperparameter; returns it. ``kind``: "int>0", "int>=0", "bool", "float",
+  "float>0", "float>=0", or a tuple of allowed values."""
+  is_int = isinstance(value, int) and not isinstance(value, bool)
+  is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
   if isinstance(kind, tuple):
-    ok, what = val in kind, f"one of {list(kind)}"
+    ok, what = value in kind, f"one of {list(kind)}"
   else:
     ok = {
-        "int>0": is_int and val > 0, "int>=0": is_int and val >= 0,
-        "bool": isinstance(val, bool), "float": is_num,
-        "float>0": is_num and val > 0, "float>=0": is_num and val >= 0,
+        "int>0": is_int and value > 0, "int>=0": is_int and value >= 0,
+        "bool": isinstance(value, bool), "float": is_num,
+        "float>0": is_num and value > 0, "float>=0": is_num and value >= 0,
     }[kind]
     what = kind
   if not ok:
-    raise ValueError(f"{owner}: option {name!r} must be {what}, got {val!r}")
-  return val
-
-
-def parse_options(options: Any, spec: dict[str, tuple[Any, Any]], owner: str,
-                  where: str) -> dict[str, Any]:
-  """Validate ``options`` against ``spec`` (name -> (kind, default)); unknown names raise.
-
-  Returns every option of ``spec`` with defaults filled in.
-  """
-  options = to_dict(options)
-  for key in options:
-    if key in _MANAGED:
-      raise ValueError(f"{where} may not set {key!r}: {_MANAGED[key]}")
-  unknown = sorted(set(options) - set(spec))
-  if unknown:
-    raise ValueError(f"unknown {where} {unknown} for {owner!r}; accepted: {sorted(spec)}")
-  return {name: check_option(options, name, kind, default, owner)
-          for name, (kind, default) in spec.items()}
-
-
-def attention_options(cfg: Any) -> Any:
-  return cfg_get(cfg_get(cfg, "attention", {}), "kwargs", {})
+    raise ValueError(f"{owner}: {name} must be {what}, got {value!r}")
+  return value
 
 
 class TokenMixer(nnx.Module):
   """Base class of modules replacing attention (see the module docstring).
 
-  Subclasses set ``kwarg_spec`` (name -> (kind, default) of ``config.model.attention.kwargs``)
-  and implement ``build(cfg, rngs)`` and ``mix``. ``self.options`` holds the parsed kwargs.
+  Subclasses are registered with ``@register_attention_module(name)``, take their
+  hyperparameters as typed keyword arguments (forwarding the shared ones below to this
+  constructor), create their parameters in ``__init__`` and implement ``mix``.
+
+  Args:
+    d_model, num_heads: width and heads (``num_kv_heads`` / ``head_dim`` as in
+      ``MultiHeadAttention``).
+    max_len: longest sequence (mixers with per-position parameters size them by it).
+    num_layers, layer_index: depth of the stack and this layer's 0-based index.
+    causal: mix only from earlier positions (decoder).
+    sliding_window: attend to the last W positions (None = off).
+    softcap: must be None (token mixers have no logits to cap).
+    dtype: compute dtype.
   """
 
-  kwarg_spec: ClassVar[dict[str, tuple[Any, Any]]] = {}
+  mechanism_name: ClassVar[str | None] = None
   #: False: ``mix`` ignores masks (no token mixing), decoding needs no cache.
   mixes_tokens: ClassVar[bool] = True
 
-  def __init__(self, cfg: Any, *, layer_index: int = 0, causal: bool = True,
-               rngs: nnx.Rngs):
-    self.check_config(cfg)
-    att = cfg_get(cfg, "attention", {})
-    self.mechanism = cfg_get(att, "mechanism", type(self).__name__)
-    self.options = freeze(parse_options(attention_options(cfg), self.kwarg_spec,
-                                        self.mechanism, "attention kwargs"))
-    self.d_model = cfg.d_model
-    self.num_heads = cfg.num_heads
-    self.num_kv_heads = cfg_get(cfg, "num_kv_heads", cfg.num_heads)
-    self.head_dim = cfg_get(cfg, "head_dim", cfg.d_model // cfg.num_heads)
-    self.max_len = cfg.max_len
-    self.num_layers = cfg.num_layers
-    self.layer_index = layer_index
+  def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
+               head_dim: int | None = None, max_len: int = 512, num_layers: int = 1,
+               layer_index: int = 0, causal: bool = True, sliding_window: int | None = None,
+               softcap: float | None = None, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    del rngs  # subclasses create the parameters
+    self.mechanism = type(self).mechanism_name or type(self).__name__
+    for name, val in (("d_model", d_model), ("num_heads", num_heads), ("max_len", max_len),
+                      ("num_layers", num_layers)):
+      check_positive_int(val, name)
+    check_positive_int(num_kv_heads, "num_kv_heads", allow_none=True)
+    check_positive_int(head_dim, "head_dim", allow_none=True)
+    check_positive_int(sliding_window, "sliding_window", allow_none=True)
+    if softcap is not None:
+      raise ValueError(f"{self.mechanism}: softcap is not supported by this token mixer, got "
+                       f"{softcap!r}")
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                       f"({num_kv_heads})")
+    if head_dim is None:
+      if d_model % num_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) "
+                         "when head_dim is None")
+      head_dim = d_model // num_heads
+    self.d_model, self.num_heads = d_model, num_heads
+    self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+    self.max_len, self.num_layers, self.layer_index = max_len, num_layers, layer_index
     self.causal = bool(causal)
-    self.sliding_window = cfg_get(att, "sliding_window")
-    self.dtype = resolve_dtype(cfg_get(cfg, "dtype", "float32"))
+    self.sliding_window = sliding_window
+    self.dtype = resolve_dtype(dtype)
     self.cached_input = nnx.data(None)
     self.cache_index = nnx.data(None)
-    self.build(cfg, rngs)
-
-  def opt(self, name: str) -> Any:
-    return dict(self.options)[name]
-
-  # -- interface ------------------------------------------------------------------------------
-
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    att = cfg_get(cfg, "attention", {})
-    mechanism = cfg_get(att, "mechanism", cls.__name__)
-    parse_options(attention_options(cfg), cls.kwarg_spec, mechanism, "attention kwargs")
-    if cfg_get(att, "softcap") is not None:
-      raise ValueError(f"{mechanism}: attention.softcap is not supported by this token mixer")
-    check_positive_int(cfg_get(att, "sliding_window"), "attention.sliding_window",
-                       allow_none=True)
-
-  @classmethod
-  def from_config(cls, cfg: Any, *, layer_index: int, causal: bool,
-                  rngs: nnx.Rngs) -> "TokenMixer":
-    return cls(cfg, layer_index=layer_index, causal=causal, rngs=rngs)
-
-  def build(self, cfg: Any, rngs: nnx.Rngs) -> None:
-    raise NotImplementedError
 
   def mix(self, x: Array, *, positions: Array, mask: masks.Mask | None,
           head_mask: Array | None, bias: Array | None, return_weights: bool) -> Any:

@@ -1,5 +1,6 @@
-"""Shared plumbing for the score-mechanism modules: parameter creation, module kwargs, and the
-final call into ``attnlab.attention`` with extra (learned) arrays."""
+"""Shared plumbing for the score-mechanism modules (``attnlab/nn/mechanisms/``): parameter
+creation, hyperparameter checks, and the final call into ``attnlab.attention`` with extra
+(learned) arrays."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from flax import nnx
 import attnlab
 from attnlab.nn import positions as positions_lib
 from attnlab.nn.attention import MultiHeadAttention
-from attnlab.nn.common import cfg_get, to_dict
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -31,44 +31,25 @@ def constant_init(value: Any) -> Callable[..., Any]:
   return init
 
 
-def cfg_kwargs(cfg: Any) -> dict[str, Any]:
-  """``cfg.attention.kwargs`` of a model config as a dict."""
-  return to_dict(cfg_get(cfg_get(cfg, "attention", {}), "kwargs", {}))
-
-
-def check_kwarg(kwargs: dict[str, Any], name: str, kind: str, default: Any, mechanism: str
-                ) -> Any:
-  """Read and type-check one module kwarg ("int>0", "bool", "float", "float>0")."""
-  val = kwargs.get(name, default)
+def check_kwarg(value: Any, name: str, kind: str, owner: str) -> Any:
+  """Type-check one hyperparameter ("int>0", "bool", "float", "float>0"); returns it."""
+  is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
   ok = {
-      "int>0": isinstance(val, int) and not isinstance(val, bool) and val > 0,
-      "bool": isinstance(val, bool),
-      "float": isinstance(val, (int, float)) and not isinstance(val, bool),
-      "float>0": isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0,
+      "int>0": isinstance(value, int) and not isinstance(value, bool) and value > 0,
+      "bool": isinstance(value, bool),
+      "float": is_num,
+      "float>0": is_num and value > 0,
   }[kind]
   if not ok:
-    raise ValueError(f"{mechanism}: attention kwarg {name!r} must be {kind}, got {val!r}")
-  return val
+    raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}")
+  return value
 
 
 class ScoresAttention(MultiHeadAttention):
   """``MultiHeadAttention`` plus helpers; subclasses override ``attend`` (and
-  ``project_qkv`` / ``init_cache`` where they change q/k/v)."""
-
-  # name -> (kind, default) of the module kwargs (validated in check_config and __init__).
-  kwarg_spec: dict[str, tuple[str, Any]] = {}
-
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    super().check_config(cfg)
-    mechanism = cfg_get(cfg_get(cfg, "attention", {}), "mechanism", "?")
-    kwargs = cfg_kwargs(cfg)
-    for name, (kind, default) in cls.kwarg_spec.items():
-      check_kwarg(kwargs, name, kind, default, mechanism)
-
-  def module_kwarg(self, name: str) -> Any:
-    kind, default = self.kwarg_spec[name]
-    return check_kwarg(dict(self.extra_kwargs), name, kind, default, self.mechanism)
+  ``project_qkv`` / ``init_cache`` where they change q/k/v). The mechanism is fixed by the
+  subclass (``@register_attention_module(name)``); hyperparameters are its typed keyword
+  arguments."""
 
   def call_core(self, q: Array, k: Array, v: Array, *, mask: Any, bias: Array | None,
                 q_offset: Any, head_mask: Array | None, return_weights: bool,

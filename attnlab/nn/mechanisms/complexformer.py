@@ -1,5 +1,5 @@
 """ComplexFormer CMHA module (arXiv 2505.10222), ending in
-``attnlab.core.mechanisms_scores.complex_attention``.
+``attnlab.core.mechanisms.complex_attention``.
 
 Per head h: ``phase_scale`` a_h (init 1), ``phase_bias`` b_h (init 0) and ``pos_scale`` s_h
 (init 1) of the adaptive differential rotation
@@ -18,27 +18,16 @@ from typing import Any
 import jax
 from flax import nnx
 
-from attnlab.nn.common import cfg_get
-from attnlab.nn.mechanisms_scores._base import ScoresAttention, constant_init, make_param
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import ScoresAttention, constant_init, make_param
 
 Array = jax.Array
 
 
+@register_attention_module('complexformer')
 class ComplexFormerAttention(ScoresAttention):
-  kwarg_spec = {}
-  module_kwargs = ()
+  """See the module docstring; ``**kwargs``: ``MultiHeadAttention``'s arguments."""
 
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    super().check_config(cfg)
-    if cfg_get(cfg, "position", "none") == "rope":
-      raise ValueError("complexformer applies its own (head-specific) rotary phase; set "
-                       "model.position to 'none' (or 'learned'/'sinusoidal'/'alibi'), not "
-                       "'rope'")
-    head_dim = cfg_get(cfg, "head_dim") or cfg.d_model // cfg.num_heads
-    if head_dim % 2:
-      raise ValueError(f"complexformer pairs q/k features: head_dim must be even, got "
-                       f"{head_dim}")
 
   def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)

@@ -1,5 +1,5 @@
 """CRATE multi-head subspace self-attention module (arXiv 2306.01129 / 2404.02446), ending in
-``attnlab.core.mechanisms_scores.crate_attention``.
+``attnlab.core.mechanisms.crate_attention``.
 
 One projection ``U`` ``[E, H, D]`` (the ``q`` kernel) gives ``w = x U``, used as query, key
 and value: ``out = W_o [softmax(w_h w_h^T / sqrt(D)) w_h]_h``. There are no separate k/v
@@ -16,26 +16,16 @@ from typing import Any
 import jax
 from flax import nnx
 
-from attnlab.nn.common import cfg_get
-from attnlab.nn.mechanisms_scores._base import ScoresAttention
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import ScoresAttention
 
 Array = jax.Array
 
 
+@register_attention_module('crate')
 class CRATEAttention(ScoresAttention):
-  kwarg_spec = {}
-  module_kwargs = ()
+  """See the module docstring; ``**kwargs``: ``MultiHeadAttention``'s arguments."""
 
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    super().check_config(cfg)
-    kv = cfg_get(cfg, "num_kv_heads")
-    if kv is not None and kv != cfg.num_heads:
-      raise ValueError(f"crate uses one projection as q, k and v: num_kv_heads ({kv}) must be "
-                       f"None or num_heads ({cfg.num_heads})")
-    if cfg_get(cfg, "position", "none") == "rope":
-      raise ValueError("crate uses one projection as q, k and v; RoPE would make q != k. Set "
-                       "model.position to 'learned' or 'none'")
 
   def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)

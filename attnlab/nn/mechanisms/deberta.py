@@ -1,5 +1,5 @@
 """DeBERTa disentangled-attention module (arXiv 2006.03654), ending in
-``attnlab.core.mechanisms_scores.deberta_attention``.
+``attnlab.core.mechanisms.deberta_attention``.
 
 Parameters: the relative position table ``P`` ``[2m, E]`` (normal 0.02) and its projections
 ``W_qr``, ``W_kr`` ``[E, H, D]``; ``q_r = P W_qr``, ``k_r = P W_kr`` per head. Scores
@@ -19,21 +19,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.nn.mechanisms_scores._base import ScoresAttention, make_param
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import ScoresAttention, check_kwarg, make_param
 
 Array = jax.Array
 
 
+@register_attention_module("deberta")
 class DebertaAttention(ScoresAttention):
-  kwarg_spec = {"max_distance": ("int>0", 16), "log_buckets": ("bool", False),
-                "max_position": ("int>0", 512)}
-  module_kwargs = tuple(kwarg_spec)
+  """DeBERTa attention over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  Args: ``max_distance`` (m, the relative-distance clip), ``log_buckets`` (DeBERTa-v2 log
+  buckets), ``max_position`` (their range); ``**kwargs``: ``MultiHeadAttention``'s arguments.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, max_distance: int = 16,
+               log_buckets: bool = False, max_position: int = 512, rngs: nnx.Rngs,
+               **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
-    self.max_distance = self.module_kwarg("max_distance")
-    self.log_buckets = self.module_kwarg("log_buckets")
-    self.max_position = self.module_kwarg("max_position")
+    self.max_distance = check_kwarg(max_distance, "max_distance", "int>0", "deberta")
+    self.log_buckets = check_kwarg(log_buckets, "log_buckets", "bool", "deberta")
+    self.max_position = check_kwarg(max_position, "max_position", "int>0", "deberta")
     if self.log_buckets and self.max_distance < 2:
       raise ValueError("deberta: log_buckets needs max_distance >= 2")
     e, h, d, pd = self.d_model, self.num_heads, self.head_dim, self.param_dtype

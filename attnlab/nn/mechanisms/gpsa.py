@@ -1,5 +1,5 @@
 """ConViT gated positional self-attention module (arXiv 2103.10697), 1-D, ending in
-``attnlab.core.mechanisms_scores.gpsa_attention``.
+``attnlab.core.mechanisms.gpsa_attention``.
 
 Parameters per head: ``pos_weights`` ``v_pos = (p0, p1)`` on ``(delta^2, delta)``,
 ``delta = j - i``, and the gate logit ``lambda`` (``sigmoid(lambda)`` = weight of positional
@@ -19,23 +19,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_scores import locality_pos_weights
-from attnlab.nn.mechanisms_scores._base import ScoresAttention, constant_init, make_param
+from attnlab.core.mechanisms.gpsa import locality_pos_weights
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import (ScoresAttention, check_kwarg, constant_init,
+                                               make_param)
 
 Array = jax.Array
 
 
+@register_attention_module("gpsa")
 class GPSAttention(ScoresAttention):
-  kwarg_spec = {"locality_strength": ("float", 1.0), "gate_init": ("float", 1.0)}
-  module_kwargs = tuple(kwarg_spec)
+  """Gated positional self-attention over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  Args: ``locality_strength`` (alpha of the locality init), ``gate_init`` (initial gate logit
+  lambda); ``**kwargs``: ``MultiHeadAttention``'s arguments.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, locality_strength: float = 1.0,
+               gate_init: float = 1.0, rngs: nnx.Rngs, **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
+    check_kwarg(locality_strength, "locality_strength", "float", "gpsa")
+    check_kwarg(gate_init, "gate_init", "float", "gpsa")
     h, pd = self.num_heads, self.param_dtype
     offsets = (-jnp.arange(h) if self.causal else jnp.arange(h) - h // 2).astype(jnp.float32)
-    init_pos = locality_pos_weights(offsets, self.module_kwarg("locality_strength"))
+    init_pos = locality_pos_weights(offsets, locality_strength)
     self.pos_weights = make_param(rngs, constant_init(init_pos), (h, 2), ("heads", None), pd)
-    self.gate = make_param(rngs, constant_init(self.module_kwarg("gate_init")), (h,),
+    self.gate = make_param(rngs, constant_init(gate_init), (h,),
                            ("heads",), pd)
 
   def attend(self, q, k, v, *, mask, bias, q_offset, head_mask, return_weights):

@@ -1,13 +1,14 @@
 """NiNformer mixer gating unit as an attention replacement (arXiv 2403.02411).
 
-Holds the parameters of ``attnlab.core.mechanisms_mixers.ninformer_mixing`` and ends in it:
+Holds the parameters of ``attnlab.core.mechanisms.ninformer.ninformer_mixing`` and ends in it:
 ``u = x W_p + b_p`` gated by an inner MLP-Mixer block (masked token-mixing MLP over positions,
-then a channel MLP). Options (``config.model.attention.kwargs``):
+then a channel MLP). Hyperparameters:
 
 * ``token_expansion`` (int > 0, default 1): token-MLP hidden units per position.
-* ``channel_mlp_dim`` (int >= 0, default 0 = ``config.model.mlp_dim``): channel-MLP width.
+* ``channel_mlp_dim`` (int >= 0, default 0 = ``mlp_dim``, the model's MLP width, or
+  ``4 * d_model`` when that is not given): channel-MLP width.
 
-Token weights are sized by ``config.model.max_len``. Causal models mask them lower-triangular
+Token weights are sized by ``max_len``. Causal models mask them lower-triangular
 (see the core function for the departures). No attention weights or heads: ``head_mask``,
 ``bias`` and ``return_weights`` raise.
 """
@@ -19,18 +20,24 @@ from typing import Any
 
 from flax import nnx
 
-from attnlab.core.mechanisms_mixers import ninformer as core
-from attnlab.nn.common import cfg_get
-from attnlab.nn.mechanisms_mixers._base import (TokenMixer, lecun, make_param, no_weights,
-                                                normal_init, ones, zeros)
+from attnlab.core.mechanisms import ninformer as core
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._mixer_base import (TokenMixer, check_value, lecun, make_param,
+                                               no_weights, normal_init, ones, zeros)
 
 
+@register_attention_module("ninformer")
 class NiNformerMixer(TokenMixer):
-  kwarg_spec = {"token_expansion": ("int>0", 1), "channel_mlp_dim": ("int>=0", 0)}
+  """NiNformer gating unit over ``x [B, T, E]``; ``**kwargs``: ``TokenMixer``'s arguments."""
 
-  def build(self, cfg: Any, rngs: nnx.Rngs) -> None:
-    e, t, r = self.d_model, self.max_len, self.opt("token_expansion")
-    c = self.opt("channel_mlp_dim") or cfg_get(cfg, "mlp_dim", 4 * e)
+  def __init__(self, d_model: int, num_heads: int, *, token_expansion: int = 1,
+               channel_mlp_dim: int = 0, mlp_dim: int | None = None, rngs: nnx.Rngs,
+               **kwargs: Any):
+    super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
+    check_value(token_expansion, "token_expansion", "int>0", self.mechanism)
+    check_value(channel_mlp_dim, "channel_mlp_dim", "int>=0", self.mechanism)
+    e, t, r = self.d_model, self.max_len, token_expansion
+    c = channel_mlp_dim or mlp_dim or 4 * e
     inits = {
         "proj_w": (lecun, ("embed", "embed_out")), "proj_b": (zeros, ("embed",)),
         "ln_token_scale": (ones, ("embed",)), "ln_token_bias": (zeros, ("embed",)),

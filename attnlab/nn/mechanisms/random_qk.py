@@ -1,5 +1,5 @@
 """Random-feature attention module (arXiv 2307.11353): frozen random query-key matrices,
-trainable values, ending in ``attnlab.core.mechanisms_scores.random_qk_attention``.
+trainable values, ending in ``attnlab.core.mechanisms.random_qk_attention``.
 
 Scores ``x_i^T W_h x_j / sqrt(E)`` with ``W_h = qk_mean * I + G_h``, ``G_h`` entries
 ``N(0, 1/E)``, drawn once at init. ``W`` is stored as ``FrozenRandom`` (an ``nnx.Variable`` that
@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_scores import _common as core_common
+from attnlab.core.mechanisms import _scores as core_common
 from attnlab.nn.common import check_positive_int, resolve_dtype
-from attnlab.nn.mechanisms_scores._base import ScoresAttention
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import ScoresAttention, check_kwarg
 
 Array = jax.Array
 
@@ -32,16 +33,22 @@ class FrozenRandom(nnx.Variable):
   """A fixed random tensor: part of the model state, never a trainable ``nnx.Param``."""
 
 
+@register_attention_module("random_qk")
 class RandomQKAttention(ScoresAttention):
-  kwarg_spec = {"qk_mean": ("float", 0.0)}
-  module_kwargs = tuple(kwarg_spec)
+  """Frozen random query-key attention over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  Args: ``qk_mean`` (mu, the mean of the frozen ``W_h`` is ``mu * I``); ``**kwargs``:
+  ``MultiHeadAttention``'s arguments.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, qk_mean: float = 0.0, rngs: nnx.Rngs,
+               **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
+    check_kwarg(qk_mean, "qk_mean", "float", "random_qk")
     if self.position == "rope" and d_model % 2:
       raise ValueError(f"random_qk with position='rope' needs an even d_model, got {d_model}")
     e, h = d_model, self.num_heads
-    mean = float(self.module_kwarg("qk_mean"))
+    mean = float(qk_mean)
     g = jax.random.normal(rngs.params(), (h, e, e), jnp.float32) / math.sqrt(e)
     self.qk_matrix = FrozenRandom(g + mean * jnp.eye(e, dtype=jnp.float32)[None])
     self.q = nnx.data(None)  # no query / key projections

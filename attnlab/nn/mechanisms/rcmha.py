@@ -1,5 +1,5 @@
 """RCMHA module (arXiv 2308.03429): depth-wise convolution of the Q/K/V projections plus
-Transformer-XL relative scores, ending in ``attnlab.core.mechanisms_scores.rcmha_attention``.
+Transformer-XL relative scores, ending in ``attnlab.core.mechanisms.rcmha_attention``.
 
 ``q = DWConv_q(x W_q)``, ``k = DWConv_k(x W_k)``, ``v = DWConv_v(x W_v)``: one length-``c``
 filter per channel (``kernel_size``), **causal** (output t reads inputs ``t-c+1 .. t``,
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.mechanisms_scores._base import ScoresAttention, make_param
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import ScoresAttention, check_kwarg, make_param
 
 Array = jax.Array
 
@@ -44,14 +45,19 @@ def causal_depthwise_conv(x: Array, kernel: Array, state: Array | None = None) -
   return out.astype(x.dtype)
 
 
+@register_attention_module("rcmha")
 class RCMHAttention(ScoresAttention):
-  kwarg_spec = {"max_distance": ("int>0", 64), "kernel_size": ("int>0", 3)}
-  module_kwargs = tuple(kwarg_spec)
+  """RCMHA over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  Args: ``max_distance`` (relative positions clipped to it), ``kernel_size`` (of the causal
+  depth-wise convolution on q/k/v); ``**kwargs``: ``MultiHeadAttention``'s arguments.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, max_distance: int = 64,
+               kernel_size: int = 3, rngs: nnx.Rngs, **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
-    self.max_distance = self.module_kwarg("max_distance")
-    self.kernel_size = c = self.module_kwarg("kernel_size")
+    self.max_distance = check_kwarg(max_distance, "max_distance", "int>0", "rcmha")
+    self.kernel_size = c = check_kwarg(kernel_size, "kernel_size", "int>0", "rcmha")
     e, h, kh, d, pd = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
                        self.param_dtype)
 

@@ -1,5 +1,5 @@
 """Selective Self-Attention module (arXiv 2411.12892): learned query / position / value
-temperatures feeding ``attnlab.core.mechanisms_scores.selective_attention``.
+temperatures feeding ``attnlab.core.mechanisms.selective_attention``.
 
 Temperatures (per head; weight sharing: computed from the head's own q / v, so they add only
 ``H D + K D + H`` parameters)::
@@ -23,22 +23,29 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.nn.mechanisms_scores._base import ScoresAttention, constant_init, make_param
+from attnlab.nn.attention import register_attention_module
+from attnlab.nn.mechanisms._scores_base import (ScoresAttention, check_kwarg, constant_init,
+                                               make_param)
 
 Array = jax.Array
 
 
+@register_attention_module("selective_ssa")
 class SelectiveAttention(ScoresAttention):
-  kwarg_spec = {"query_temperature": ("bool", True), "position_temperature": ("bool", True),
-                "value_temperature": ("bool", True)}
-  module_kwargs = tuple(kwarg_spec)
+  """Selective self-attention over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  Args: the three temperature flags (each adds its learned temperature); ``**kwargs``:
+  ``MultiHeadAttention``'s arguments.
+  """
+  def __init__(self, d_model: int, num_heads: int, *, query_temperature: bool = True,
+               position_temperature: bool = True, value_temperature: bool = True,
+               rngs: nnx.Rngs, **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
     h, kh, d = self.num_heads, self.num_kv_heads, self.head_dim
-    self.use_q = self.module_kwarg("query_temperature")
-    self.use_pos = self.module_kwarg("position_temperature")
-    self.use_v = self.module_kwarg("value_temperature")
+    self.use_q = check_kwarg(query_temperature, "query_temperature", "bool", "selective_ssa")
+    self.use_pos = check_kwarg(position_temperature, "position_temperature", "bool",
+                               "selective_ssa")
+    self.use_v = check_kwarg(value_temperature, "value_temperature", "bool", "selective_ssa")
     pd = self.param_dtype
     zeros = nnx.initializers.zeros_init()
     self.q_temp = (make_param(rngs, zeros, (h, d), ("heads", "head_dim"), pd)

@@ -1,6 +1,6 @@
 """TAP + ADL attention module ("tap_adl"; arXiv 2303.11126).
 
-Token-aware average pooling (``attnlab.core.mechanisms_mixers.token_aware_average_pool``) of
+Token-aware average pooling (``attnlab.core.mechanisms.tap_adl.token_aware_average_pool``) of
 the block's normalised input, then ``MultiHeadAttention`` on the pooled tokens (ending in
 ``attnlab.attention``). When ``adl_weight > 0`` the attention weights are also computed and the
 attention diversification loss of this layer is sown as an auxiliary loss::
@@ -9,7 +9,7 @@ attention diversification loss of this layer is sown as an auxiliary loss::
 
 so that the sum of every sown ``aux_loss`` over the layers is ``adl_weight`` times the mean
 ADL over layers, as in the paper's objective ``CE + lambda * ADL`` (the trainer adds the sown
-values to the loss). Options (``config.model.attention.kwargs``):
+values to the loss). Hyperparameters (typed keyword arguments):
 
 * ``num_scales`` (int > 0, default 4): dilations 0 .. S-1 (the paper's default 4).
 * ``tap_temperature`` (float > 0, default 1.0): softmax temperature of the scale weights.
@@ -29,46 +29,40 @@ import jax
 from flax import nnx
 
 from attnlab.core import masks
-from attnlab.core.mechanisms_mixers import tap as core
-from attnlab.nn.attention import MultiHeadAttention
-from attnlab.nn.common import to_dict
-from attnlab.nn.mechanisms_mixers._base import (attention_options, check_option, make_param,
-                                                parse_options)
+from attnlab.core.mechanisms import tap_adl as core
+from attnlab.nn.attention import MultiHeadAttention, register_attention_module
+from attnlab.nn.mechanisms._mixer_base import check_value, make_param
 
 Array = jax.Array
 
-KWARG_SPEC = {"num_scales": ("int>0", 4), "tap_temperature": ("float>0", 1.0),
-              "adl_weight": ("float>=0", 1.0), "adl_threshold": ("float>=0", 2.0)}
 
-
+@register_attention_module("tap_adl")
 class TAPAttention(MultiHeadAttention):
-  core_mechanism = "softmax"
-  module_kwargs = tuple(KWARG_SPEC)
+  """TAP + ADL attention over ``x [B, T, E]``; see the module docstring.
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs: Any):
+  ``num_layers``: depth of the stack (the sown loss is divided by it); ``**kwargs``:
+  ``MultiHeadAttention``'s arguments.
+  """
+
+  core_mechanism = "softmax"
+
+  def __init__(self, d_model: int, num_heads: int, *, num_scales: int = 4,
+               tap_temperature: float = 1.0, adl_weight: float = 1.0,
+               adl_threshold: float = 2.0, num_layers: int = 1, rngs: nnx.Rngs,
+               **kwargs: Any):
     super().__init__(d_model, num_heads, rngs=rngs, **kwargs)
-    opts = dict(self.extra_kwargs)
-    for name, (kind, default) in KWARG_SPEC.items():
-      setattr(self, name, check_option(opts, name, kind, default, self.mechanism))
+    self.num_scales = check_value(num_scales, "num_scales", "int>0", self.mechanism)
+    self.tap_temperature = check_value(tap_temperature, "tap_temperature", "float>0",
+                                       self.mechanism)
+    self.adl_weight = check_value(adl_weight, "adl_weight", "float>=0", self.mechanism)
+    self.adl_threshold = check_value(adl_threshold, "adl_threshold", "float>=0",
+                                     self.mechanism)
+    self.adl_layers = check_value(num_layers, "num_layers", "int>0", self.mechanism)
     s = self.num_scales
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1),
                                              out_axis=2)
     self.conv1 = make_param(rngs, init, (3, d_model, s), (None, "embed", None))
     self.conv2 = make_param(rngs, init, (3, s, s), (None, None, None))
-    self.adl_layers = 1
-
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    super().check_config(cfg)
-    opts = {k: v for k, v in to_dict(attention_options(cfg)).items() if k in KWARG_SPEC}
-    parse_options(opts, KWARG_SPEC, "tap_adl", "attention kwargs")
-
-  @classmethod
-  def from_config(cls, cfg: Any, *, layer_index: int, causal: bool,
-                  rngs: nnx.Rngs) -> "TAPAttention":
-    module = super().from_config(cfg, layer_index=layer_index, causal=causal, rngs=rngs)
-    module.adl_layers = int(cfg.num_layers)
-    return module
 
   def pool(self, x: Array, mask: masks.Mask | None) -> Array:
     """TAP of ``x [B, T, E]`` under the causal/window mask and the caller's ``mask``."""

@@ -3,7 +3,7 @@
 ``attention_layer_importance(model, tokens, ...)`` runs a model built by ``attnlab.models``
 (anything with ``model.stack.blocks``) on a batch and returns, per layer, the score
 ``1 - mean_t cos(X, X + Attn(LN(X)))`` of its attention sublayer
-(``attnlab.core.mechanisms_blocks.attention_importance``). Layers with low scores are the
+(``attnlab.core.variants.attention_importance``). Layers with low scores are the
 redundant ones: put ``layers_to_drop(scores, n)`` in ``config.model.drop_attention_layers``.
 """
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_blocks import attention_drop as drop_core
+from attnlab.core.variants import attention_drop as drop_core
 
 Array = jax.Array
 

@@ -1,9 +1,9 @@
 """EchoAtt sharing layers: own value and output projections, the anchor's attention weights.
 
-``EchoAttention`` replaces a sharing layer's attention module (``config.model.echo``); the
+``EchoAttention`` replaces a sharing layer's attention module (the model builder places it from ``config.model.echo``); the
 stack (``attnlab.nn.blocks.TransformerStack``) records the anchor layer's weights
 ``[B, H, T, S]`` and passes them as ``shared_weights``. The call ends in
-``attnlab.core.mechanisms_blocks.echo_attention``. With a KV cache the module caches only its
+``attnlab.core.variants.echo.echo_attention``. With a KV cache the module caches only its
 values (the anchor's weights already cover the cache positions).
 """
 
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_blocks import echo as echo_core
-from attnlab.nn.common import cfg_get, check_positive_int, resolve_dtype
+from attnlab.core.variants import echo as echo_core
+from attnlab.nn.common import check_positive_int, resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -62,18 +62,6 @@ class EchoAttention(nnx.Module):
     self.cached_value = nnx.data(None)
     self.cache_index = nnx.data(None)
 
-  @classmethod
-  def check_config(cls, cfg: Any) -> None:
-    del cfg
-
-  @classmethod
-  def from_config(cls, cfg: Any, *, layer_index: int, causal: bool,
-                  rngs: nnx.Rngs) -> "EchoAttention":
-    del layer_index, causal  # causality comes with the anchor's weights
-    return cls(cfg.d_model, cfg.num_heads, num_kv_heads=cfg_get(cfg, "num_kv_heads"),
-               head_dim=cfg_get(cfg, "head_dim"),
-               use_bias=bool(cfg_get(cfg, "attention_bias", False)),
-               dtype=cfg_get(cfg, "dtype", "float32"), rngs=rngs)
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> None:
     """Allocate ``cached_value [batch, max_len, kv_heads, head_dim]``; index 0."""

@@ -3,7 +3,7 @@
 Registered in ``attnlab.nn.blocks`` as layer-aware norm factories (they receive the block's
 0-based ``layer_index`` and the model config). Outside a block (``layer_index=None``: the final
 norm of a model) they build the plain base norm. Each module's call ends in a pure function of
-``attnlab.core.mechanisms_blocks``.
+``attnlab.core.variants``.
 
 * ``"layernorm_scaled"`` / ``"rmsnorm_scaled"``: ``ScaledNorm``, ``LN(x) / sqrt(layer + 1)``.
 * ``"layernorm_prepbn"``: ``ProgressiveRepBN``, ``lambda LN(x) + (1 - lambda) RepBN(x)`` with
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_blocks import depth_scaling, prepbn
-from attnlab.nn.common import cfg_get, check_positive_int, resolve_dtype
+from attnlab.core.variants import depth_scaling, prepbn
+from attnlab.nn.common import check_positive_int, resolve_dtype
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -100,12 +100,6 @@ class ProgressiveRepBN(nnx.Module):
     self.var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
-  @classmethod
-  def from_config(cls, dim: int, cfg: Any, **kw) -> "ProgressiveRepBN":
-    p = cfg_get(cfg, "prepbn", {})
-    return cls(dim, warmup_steps=cfg_get(p, "warmup_steps", 0),
-               decay_steps=cfg_get(p, "decay_steps", 1000),
-               momentum=cfg_get(p, "momentum", 0.9), eta_init=cfg_get(p, "eta_init", 1.0), **kw)
 
   def lam(self) -> Array:
     """Current LayerNorm weight lambda (from the step counter)."""
@@ -156,27 +150,29 @@ def _base_rmsnorm(dim, *, eps, dtype, param_dtype, rngs):
                      rngs=rngs)
 
 
-def layernorm_scaled(dim, *, eps, dtype, param_dtype, rngs, layer_index=None, model_cfg=None):
-  del model_cfg
+def layernorm_scaled(dim, *, eps, dtype, param_dtype, rngs, layer_index=None):
   if layer_index is None:
     return _base_layernorm(dim, eps=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   return ScaledNorm(dim, layer_index=layer_index, eps=eps, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
 
 
-def rmsnorm_scaled(dim, *, eps, dtype, param_dtype, rngs, layer_index=None, model_cfg=None):
-  del model_cfg
+def rmsnorm_scaled(dim, *, eps, dtype, param_dtype, rngs, layer_index=None):
   if layer_index is None:
     return _base_rmsnorm(dim, eps=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   return ScaledNorm(dim, layer_index=layer_index, rms=True, eps=eps, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
 
 
-def layernorm_prepbn(dim, *, eps, dtype, param_dtype, rngs, layer_index=None, model_cfg=None):
+def layernorm_prepbn(dim, *, eps, dtype, param_dtype, rngs, layer_index=None,
+                     warmup_steps: int = 0, decay_steps: int = 1000, momentum: float = 0.9,
+                     eta_init: float = 1.0):
+  """PRepBN inside the blocks (``layer_index`` set), LayerNorm for the final norm."""
   if layer_index is None:
     return _base_layernorm(dim, eps=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  return ProgressiveRepBN.from_config(dim, model_cfg or {}, eps=eps, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
+  return ProgressiveRepBN(dim, warmup_steps=warmup_steps, decay_steps=decay_steps,
+                          momentum=momentum, eta_init=eta_init, eps=eps, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
 
 
 NORMS = {"layernorm_scaled": layernorm_scaled, "rmsnorm_scaled": rmsnorm_scaled,

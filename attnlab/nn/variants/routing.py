@@ -2,7 +2,7 @@
 
 ``LayerRouter`` lives in a routed ``TransformerBlock`` (``config.model.router``); the block
 computes its output ``y`` and the router mixes it with the input ``x`` (pure functions of
-``attnlab.core.mechanisms_blocks.routing``):
+``attnlab.core.variants.routing``):
 
 * training / non-decoding calls: ``x + g (y - x)`` with ``g = p`` ("soft") or the
   straight-through hard gate;
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.core.mechanisms_blocks import routing as routing_core
-from attnlab.nn.common import cfg_get, check_positive_int
+from attnlab.core.variants import routing as routing_core
+from attnlab.nn.common import check_positive_int
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -54,14 +54,6 @@ class LayerRouter(nnx.Module):
     self.decision = nnx.data(None)
     self.cache_index = nnx.data(None)
 
-  @classmethod
-  def from_config(cls, cfg: Any, *, rngs: nnx.Rngs) -> "LayerRouter":
-    r = cfg_get(cfg, "router", {})
-    return cls(cfg.d_model, hidden_dim=cfg_get(r, "hidden_dim", 16),
-               threshold=cfg_get(r, "threshold", 0.5), train_gate=cfg_get(r, "train_gate",
-                                                                          "soft"),
-               decode_policy=cfg_get(r, "decode_policy", "token"),
-               init_bias=cfg_get(r, "init_bias", 3.0), rngs=rngs)
 
   def init_cache(self, batch: int) -> None:
     """Decoding state: per-example decision (prefill policy) and a token counter."""
