@@ -67,21 +67,21 @@ class MaskTest(parameterized.TestCase):
   @parameterized.parameters(*KINDS)
   def test_dense_matches_rule(self, kind):
     got = np.broadcast_to(np.asarray(make(kind).dense(TQ, TK)), (B, TQ, TK))
-    np.testing.assert_array_equal(got, naive_dense(kind))
+    chex.assert_trees_all_equal(got, naive_dense(kind))
 
   @parameterized.product(kind=KINDS, blocks=[(4, 5), (1, 1), (13, 17), (8, 16)])
   def test_block_summary_exact(self, kind, blocks):
     # Single masks are exact (not merely conservative) on these inputs.
     got = np.broadcast_to(np.asarray(make(kind).block_summary(TQ, TK, *blocks)),
                           naive_summary(naive_dense(kind), *blocks).shape)
-    np.testing.assert_array_equal(got, naive_summary(naive_dense(kind), *blocks))
+    chex.assert_trees_all_equal(got, naive_summary(naive_dense(kind), *blocks))
 
   @parameterized.parameters(("causal", "segment"), ("window", "prefix"), ("lengths", "causal"))
   def test_composition(self, a, b):
     da, db = naive_dense(a), naive_dense(b)
     m_and, m_or = make(a) & make(b), make(a) | make(b)
-    np.testing.assert_array_equal(np.broadcast_to(m_and.dense(TQ, TK), da.shape), da & db)
-    np.testing.assert_array_equal(np.broadcast_to(m_or.dense(TQ, TK), da.shape), da | db)
+    chex.assert_trees_all_equal(np.broadcast_to(m_and.dense(TQ, TK), da.shape), da & db)
+    chex.assert_trees_all_equal(np.broadcast_to(m_or.dense(TQ, TK), da.shape), da | db)
     # Summaries are conservative: never EMPTY where a pair is allowed, never FULL where one
     # is blocked.
     for m, d in ((m_and, da & db), (m_or, da | db)):
@@ -97,8 +97,8 @@ class MaskTest(parameterized.TestCase):
   def test_array_mask_roundtrip(self):
     d = naive_dense("window")
     m = masks.ArrayMask(jnp.asarray(d))
-    np.testing.assert_array_equal(m.dense(TQ, TK), d)
-    np.testing.assert_array_equal(m.block_summary(TQ, TK, 4, 5), naive_summary(d, 4, 5))
+    chex.assert_trees_all_equal(m.dense(TQ, TK), d)
+    chex.assert_trees_all_equal(m.block_summary(TQ, TK, 4, 5), naive_summary(d, 4, 5))
 
   def test_errors(self):
     with pytest.raises(ValueError, match="left"):

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import grain
 import ml_collections
 import numpy as np
@@ -38,11 +39,8 @@ def _take(it, n):
 
 
 def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k])
+  # Same number of batches, same keys, exactly equal arrays.
+  chex.assert_trees_all_equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["mqar", "copying", "selective_copying"])
@@ -54,10 +52,9 @@ def test_batch_shapes_and_dtypes(name):
   assert isinstance(ds, grain.IterDataset)
   batch = next(iter(ds))
   assert set(batch) == {"inputs", "targets", "weights"}
-  assert batch["inputs"].shape == batch["targets"].shape == (4, 64)
-  assert batch["weights"].shape == (4, 64)
-  assert batch["inputs"].dtype == batch["targets"].dtype == np.int32
-  assert batch["weights"].dtype == np.float32
+  chex.assert_shape([batch["inputs"], batch["targets"], batch["weights"]], (4, 64))
+  chex.assert_type([batch["inputs"], batch["targets"]], np.int32)
+  chex.assert_type(batch["weights"], np.float32)
   assert batch["inputs"].max() < attn_data.vocab_size(cfg)
   assert batch["weights"].sum() > 0
 
@@ -69,10 +66,12 @@ def test_bytes_pipeline_on_tmp_folder(tmp_path):
   cfg.update(dict(dir=str(tmp_path), seq_len=32, validation_fraction=0.3))
   assert attn_data.vocab_size(cfg) == 256
   batch = next(iter(attn_data.make_dataset(cfg, "train", global_batch_size=2, seed=1)))
-  assert batch["inputs"].shape == (2, 32) and batch["inputs"].dtype == np.int32
-  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  chex.assert_shape(batch["inputs"], (2, 32))
+  chex.assert_type(batch["inputs"], np.int32)
+  chex.assert_trees_all_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
   val = list(attn_data.make_dataset(cfg, "validation", global_batch_size=2, seed=1))
-  assert val and all(b["inputs"].shape == (2, 32) for b in val)
+  assert val
+  chex.assert_shape([b["inputs"] for b in val], (2, 32))
 
 
 @pytest.mark.parametrize("num_train", [24, 26])
@@ -87,7 +86,7 @@ def test_train_shards_are_disjoint_equal_and_cover(num_train):
                                 shard_index=shard_index, shard_count=shard_count,
                                 num_epochs=1)
     batches = list(ds)
-    assert all(b["inputs"].shape == (2, 16) for b in batches)
+    chex.assert_shape([b["inputs"] for b in batches], (2, 16))
     per_host.append(_batch_keys(batches))
   usable = num_train - num_train % shard_count  # 24 in both cases
   assert [len(k) for k in per_host] == [usable // shard_count] * shard_count
@@ -137,7 +136,7 @@ def test_validation_is_ordered_finite_padded_and_sharded():
     assert len(batches) == 3  # ceil(ceil(10 / 2) / 2)
     real, padded = [], 0
     for b in batches:
-      assert b["inputs"].shape == (2, 16)
+      chex.assert_shape(b["inputs"], (2, 16))
       for x, y, w in zip(b["inputs"], b["targets"], b["weights"]):
         if w.any():
           real.append(_key(x, y))
@@ -182,7 +181,7 @@ def test_orbax_checkpoint_roundtrip(tmp_path):
     restored = mngr.restore(3, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(),
         data_iter=attn_data.iterator_checkpoint_args(fresh, restore=True)))
-  np.testing.assert_array_equal(restored.params["w"], np.arange(3.0))
+  chex.assert_trees_all_equal(restored.params["w"], np.arange(3.0))
   _assert_batches_equal(_take(fresh, 4), expected)
   with pytest.raises(TypeError, match="iterator"):
     attn_data.iterator_checkpoint_args([1, 2])
@@ -238,6 +237,7 @@ def test_validation_with_fewer_examples_than_hosts():
     batches = list(attn_data.make_dataset(cfg, "validation", global_batch_size=3,
                                           seed=0, shard_index=shard_index,
                                           shard_count=3))
-    assert len(batches) == 1 and batches[0]["inputs"].shape == (1, 8)
+    assert len(batches) == 1
+    chex.assert_shape(batches[0]["inputs"], (1, 8))
     real.append(int(batches[0]["weights"].any()))
   assert real == [1, 0, 0]

@@ -1,5 +1,6 @@
 """Task logic, determinism and argument checks of attnlab.data.synthetic."""
 
+import chex
 import numpy as np
 import pytest
 
@@ -12,8 +13,8 @@ def _check_lm_format(ex, seq_len):
   assert set(ex) == {"inputs", "targets", "weights"}
   for key, dtype in [("inputs", np.int32), ("targets", np.int32),
                      ("weights", np.float32)]:
-    assert ex[key].shape == (seq_len,), key
-    assert ex[key].dtype == dtype, key
+    chex.assert_shape(ex[key], (seq_len,), custom_message=key)
+    chex.assert_type(ex[key], dtype, custom_message=key)
   assert set(np.unique(ex["weights"])) <= {0.0, 1.0}
 
 
@@ -132,14 +133,14 @@ def test_determinism_by_seed_split_and_index(cls, kw):
   for i in reversed(range(10)):  # random access: order of access is irrelevant
     if i in first:
       for k in first[i]:
-        np.testing.assert_array_equal(first[i][k], b[i][k])
+        chex.assert_trees_all_equal(first[i][k], b[i][k])
   other_seed = cls(seed=6, **common)
   other_split = cls(seed=5, split="validation", **common)
   for other in (other_seed, other_split):
     assert any(not np.array_equal(a[i]["inputs"], other[i]["inputs"])
                for i in range(10))
   assert not np.array_equal(a[0]["inputs"], a[1]["inputs"])
-  np.testing.assert_array_equal(a[-1]["inputs"], a[9]["inputs"])
+  chex.assert_trees_all_equal(a[-1]["inputs"], a[9]["inputs"])
   with pytest.raises(IndexError, match="index"):
     a[10]
 
@@ -148,7 +149,7 @@ def test_datasets_are_grain_map_datasets():
   ds = synthetic.copying_dataset(seq_len=8, vocab_size=5, num_examples=6, seed=0)
   assert len(ds) == 6
   src = CopyingSource(seq_len=8, vocab_size=5, num_examples=6, seed=0)
-  np.testing.assert_array_equal(ds[4]["inputs"], src[4]["inputs"])
+  chex.assert_trees_all_equal(ds[4]["inputs"], src[4]["inputs"])
   shuffled = ds.shuffle(seed=1)
   assert sorted(e["inputs"].tobytes() for e in shuffled) == sorted(
       src[i]["inputs"].tobytes() for i in range(6))

@@ -3,6 +3,7 @@
 import random
 import shutil
 
+import chex
 import numpy as np
 import pytest
 
@@ -64,7 +65,8 @@ def test_load_corpus_contents(tmp_path):
   contents = _write_corpus(tmp_path)
   train = text.load_byte_corpus("train", directory=tmp_path, validation_fraction=0.3)
   val = text.load_byte_corpus("validation", directory=tmp_path, validation_fraction=0.3)
-  assert train.dtype == np.uint8 and train.ndim == 1
+  chex.assert_type(train, np.uint8)
+  chex.assert_rank(train, 1)
   in_train = _split_of_markers(train.tobytes(), contents)
   in_val = _split_of_markers(val.tobytes(), contents)
   assert in_train | in_val == set(contents)
@@ -112,15 +114,16 @@ def test_windows_reassemble(seq_len):
   pieces = []
   for i in range(n):
     ex = src[i]
-    assert ex["inputs"].shape == ex["targets"].shape == (seq_len,)
-    assert ex["inputs"].dtype == ex["targets"].dtype == np.int32
-    assert ex["weights"].dtype == np.float32 and np.all(ex["weights"] == 1.0)
-    np.testing.assert_array_equal(ex["inputs"][1:], ex["targets"][:-1])
+    chex.assert_shape([ex["inputs"], ex["targets"]], (seq_len,))
+    chex.assert_type([ex["inputs"], ex["targets"]], np.int32)
+    chex.assert_type(ex["weights"], np.float32)
+    chex.assert_trees_all_equal(ex["weights"], np.ones_like(ex["weights"]))
+    chex.assert_trees_all_equal(ex["inputs"][1:], ex["targets"][:-1])
     if i + 1 < n:  # last target of window i is the first input of window i + 1
       assert ex["targets"][-1] == src[i + 1]["inputs"][0]
     pieces.append(ex["inputs"])
   pieces.append(src[n - 1]["targets"][-1:])
-  np.testing.assert_array_equal(np.concatenate(pieces), data[:n * seq_len + 1])
+  chex.assert_trees_all_equal(np.concatenate(pieces), data[:n * seq_len + 1])
 
 
 def test_byte_lm_dataset_on_folder(tmp_path):
@@ -129,7 +132,7 @@ def test_byte_lm_dataset_on_folder(tmp_path):
                             validation_fraction=0.3)
   data = text.load_byte_corpus("train", directory=tmp_path, validation_fraction=0.3)
   assert len(ds) == (len(data) - 1) // 16
-  np.testing.assert_array_equal(ds[3]["inputs"], data[48:64])
+  chex.assert_trees_all_equal(ds[3]["inputs"], data[48:64])
 
 
 def test_stdlib_default_corpus():
@@ -145,7 +148,7 @@ def test_stdlib_default_corpus():
   train = text.load_byte_corpus("train", **kw)
   assert 0 < len(val) < len(train)
   assert len(train) + len(val) <= 2**20 + len(files)
-  np.testing.assert_array_equal(val, text.load_byte_corpus("validation", **kw))
+  chex.assert_trees_all_equal(val, text.load_byte_corpus("validation", **kw))
   assert b"import " in train.tobytes()
 
 

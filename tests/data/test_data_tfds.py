@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -36,13 +37,15 @@ def test_classification_examples_match_raw_source():
     for i in range(NUM):
       ex, r = ds[i], raw[i]
       b = r["text"].encode("utf-8") if isinstance(r["text"], str) else bytes(r["text"])
-      assert ex["inputs"].dtype == np.int32 and ex["inputs"].shape == (seq_len,)
-      assert ex["inputs"].tolist() == _padded(b, seq_len)
-      assert ex["label"].dtype == np.int32 and ex["label"].shape == ()
+      chex.assert_type(ex["inputs"], np.int32)
+      chex.assert_shape(ex["inputs"], (seq_len,))
+      chex.assert_trees_all_equal(ex["inputs"], np.asarray(_padded(b, seq_len)))
+      chex.assert_type(ex["label"], np.int32)
+      chex.assert_shape(ex["label"], ())
       assert int(ex["label"]) == int(r["label"])
-      assert ex["weights"].dtype == np.float32
-      assert ex["weights"].tolist() == [1.0] * min(len(b), seq_len) + [0.0] * max(
-          0, seq_len - len(b))
+      chex.assert_type(ex["weights"], np.float32)
+      chex.assert_trees_all_equal(ex["weights"], np.asarray(
+          [1.0] * min(len(b), seq_len) + [0.0] * max(0, seq_len - len(b))))
 
 
 def test_lm_examples_match_raw_source():
@@ -55,11 +58,11 @@ def test_lm_examples_match_raw_source():
       b = raw[i]["text"]
       b = b.encode("utf-8") if isinstance(b, str) else bytes(b)
       full = _padded(b, seq_len + 1)
-      assert ex["inputs"].tolist() == full[:-1]
-      assert ex["targets"].tolist() == full[1:]
+      chex.assert_trees_all_equal(ex["inputs"], np.asarray(full[:-1]))
+      chex.assert_trees_all_equal(ex["targets"], np.asarray(full[1:]))
       n_real_targets = min(len(b), seq_len + 1) - 1
-      assert ex["weights"].tolist() == [1.0] * n_real_targets + [0.0] * (
-          seq_len - n_real_targets)
+      chex.assert_trees_all_equal(ex["weights"], np.asarray(
+          [1.0] * n_real_targets + [0.0] * (seq_len - n_real_targets)))
 
 
 def test_bytes_and_unicode_text_via_custom_data_source():
@@ -74,9 +77,10 @@ def test_bytes_and_unicode_text_via_custom_data_source():
   with tfds.testing.mock_data(as_data_source_fn=as_data_source):
     ds = tfds_source.tfds_dataset("imdb_reviews", "train", seq_len=6,
                                   fmt="classification")
-    assert ds[0]["inputs"].tolist() == list("héllo wörld".encode("utf-8")[:6])
-    assert ds[1]["inputs"].tolist() == [97, 98, 0, 0, 0, 0]
-    assert ds[2]["inputs"].tolist() == _padded("z\u20ac".encode("utf-8"), 6)
+    chex.assert_trees_all_equal(ds[0]["inputs"],
+                                np.asarray(list("héllo wörld".encode("utf-8")[:6])))
+    chex.assert_trees_all_equal(ds[1]["inputs"], np.asarray([97, 98, 0, 0, 0, 0]))
+    chex.assert_trees_all_equal(ds[2]["inputs"], np.asarray(_padded("z\u20ac".encode("utf-8"), 6)))
     assert [int(ds[i]["label"]) for i in range(3)] == [1, 0, 1]
 
 
@@ -92,7 +96,8 @@ def test_pipeline_tfds_validation_batches_cover_split_in_order():
   assert len(batches) == 3  # ceil(11 / 4), last one zero-padded
   got = []
   for b in batches:
-    assert b["inputs"].shape == (4, 10) and b["label"].shape == (4,)
+    chex.assert_shape(b["inputs"], (4, 10))
+    chex.assert_shape(b["label"], (4,))
     for inp, lab, w in zip(b["inputs"], b["label"], b["weights"]):
       if w.sum() > 0:
         got.append((inp.tolist(), int(lab)))

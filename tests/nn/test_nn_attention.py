@@ -269,15 +269,13 @@ def test_accepted_kwargs_from_signatures():
 
 
 class GatedAttention(A.MultiHeadAttention):
-  """Test plug-in: a learned per-head output gate, configured by a module kwarg."""
+  """Test plug-in: a learned per-head output gate, configured by a typed keyword argument."""
 
   core_mechanism = "softmax"
-  module_kwargs = ("gate_init",)
 
-  def __init__(self, *args, rngs, **kw):
-    super().__init__(*args, rngs=rngs, **kw)
-    init = dict(self.extra_kwargs).get("gate_init", 1.0)
-    self.gate = nnx.Param(jnp.full((self.num_heads,), init, jnp.float32))
+  def __init__(self, d_model, num_heads, *, gate_init: float = 1.0, rngs, **kw):
+    super().__init__(d_model, num_heads, rngs=rngs, **kw)
+    self.gate = nnx.Param(jnp.full((self.num_heads,), gate_init, jnp.float32))
 
   def attend(self, q, k, v, *, head_mask, **kw):
     gate = self.gate[...] if head_mask is None else self.gate[...] * head_mask
@@ -292,20 +290,24 @@ def gated_registered():
 
 
 def test_registered_module_is_built_from_config(gated_registered):
-  import ml_collections
-  cfg = ml_collections.ConfigDict(dict(
-      d_model=E, num_heads=H, num_kv_heads=None, head_dim=None, position="none",
-      attention=dict(mechanism="gated_test", implementation="auto",
-                     kwargs={"gate_init": 0.5}, softcap=None, sliding_window=None)))
+  from attnlab import models
+  cfg = models.complete(dict(
+      d_model=E, num_heads=H, position="none",
+      attention=dict(mechanism="gated_test", kwargs={"gate_init": 0.5})))
   assert "gated_test" in A.list_attention_mechanisms()
-  mod = A.make_attention(cfg, rngs=nnx.Rngs(0), layer_index=0, causal=True)
-  assert isinstance(mod, GatedAttention)
+  mod = models.builder.attention_module(cfg, rngs=nnx.Rngs(0), layer_index=0, causal=True)
+  assert isinstance(mod, GatedAttention) and mod.mechanism == "gated_test"
   x = x_input()
   want, _, _ = naive_mha(mod, x, causal=True, head_mask=np.full(H, 0.5))
-  np.testing.assert_allclose(mod(x), want, atol=2e-5)
+  chex.assert_trees_all_close(mod(x), want, atol=2e-5)
   cfg.attention.kwargs = {"gate_init": 0.5, "bogus": 1}
-  with pytest.raises(ValueError, match=r"unknown attention kwargs \['bogus'\].*gate_init"):
-    A.check_attention_config(cfg)
+  with pytest.raises(ValueError, match=r"unknown attention.kwargs \['bogus'\].*gate_init"):
+    models.validate_model_config(cfg)
+  # The class fixes the mechanism; its hyperparameters are keyword arguments.
+  with pytest.raises(TypeError, match="mechanism="):
+    GatedAttention(E, H, mechanism="sigmoid", rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match="bogus"):
+    GatedAttention(E, H, bogus=1, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="overwrite=True"):
     A.register_attention_module("gated_test", A.MultiHeadAttention)
   with pytest.raises(TypeError, match="nnx.Module subclass"):
@@ -320,7 +322,7 @@ def test_unknown_mechanism_lists_valid_names():
 @pytest.fixture
 def temp_core_mechanisms():
   from attnlab.core import registry
-  registry.register_mechanism("tmp_block_test", kind="block", config={"model.x": 1})
+  registry.register_mechanism("tmp_block_test", kind="block")
   registry.register_mechanism("tmp_module_test", kind="module")
   yield
   for name in ("tmp_block_test", "tmp_module_test"):
@@ -330,10 +332,11 @@ def temp_core_mechanisms():
 def test_non_attention_catalogue_entries_fail_clearly(temp_core_mechanisms):
   valid = A.list_attention_mechanisms()
   assert "tmp_block_test" not in valid and "tmp_module_test" not in valid
-  with pytest.raises(ValueError, match=r"'tmp_block_test' is a 'block' mechanism.*model.x"):
+  with pytest.raises(ValueError, match=r"'tmp_block_test' is a 'block' catalogue entry.*"
+                     r"configs/mechanisms.py:tmp_block_test"):
     A.get_attention_module("tmp_block_test")
   with pytest.raises(ValueError, match=r"'tmp_module_test' \(kind 'module'\) has no NNX "
-                     r"attention module: register one"):
+                     r"attention module: add one"):
     A.get_attention_module("tmp_module_test")
   with pytest.raises(ValueError, match="has no implementation in attnlab.core"):
     make(mechanism="tmp_block_test")

@@ -1,5 +1,6 @@
 """Logical axis metadata on parameters and its mapping to a mesh."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -52,8 +53,7 @@ def test_logical_to_mesh_sharding_on_one_device_mesh():
   state = jax.device_put(nnx.state(model), shardings)
   placed = state["stack"]["blocks"][0]["attention"]["q"]["kernel"].get_value()
   assert placed.sharding == q
-  jax.tree.map(np.testing.assert_array_equal, nnx.state(state, nnx.Param),
-               nnx.state(model, nnx.Param))
+  chex.assert_trees_all_equal(nnx.state(state, nnx.Param), nnx.state(model, nnx.Param))
 
 
 def test_partition_specs_pytree_and_rules():
@@ -91,4 +91,4 @@ def test_init_sharded():
   k = model.stack.blocks[0].attention.q.kernel.get_value()
   assert k.sharding == NamedSharding(mesh, P("fsdp", "tensor", None))
   ref = build_model(cfg, vocab_size=32, rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(k, ref.stack.blocks[0].attention.q.kernel.get_value())
+  chex.assert_trees_all_close(k, ref.stack.blocks[0].attention.q.kernel.get_value(), rtol=1e-7)

@@ -30,9 +30,9 @@ def test_rope_matches_complex_rotation_loop():
   x = jax.random.normal(jax.random.key(0), (2, 5, 3, 8))
   pos = np.array([[0, 1, 2, 3, 4], [7, 3, 100, 0, 5]])
   rope = jax.jit(P.apply_rope)
-  np.testing.assert_allclose(rope(x, pos), rope_complex(x, pos), atol=2e-5)
+  chex.assert_trees_all_close(rope(x, pos), rope_complex(x, pos), rtol=1e-7, atol=2e-5)
   # [T] positions broadcast over the batch.
-  np.testing.assert_allclose(rope(x, pos[0]), rope_complex(x, pos[0]), atol=2e-5)
+  chex.assert_trees_all_close(rope(x, pos[0]), rope_complex(x, pos[0]), rtol=1e-7, atol=2e-5)
 
 
 def test_rope_dot_product_depends_only_on_offset():
@@ -52,13 +52,13 @@ def test_rope_dot_product_depends_only_on_offset():
       assert score(m, n) == pytest.approx(score(m + shift, n + shift), abs=1e-4)
   assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
   # Norm preserved (a rotation).
-  np.testing.assert_allclose(jnp.linalg.norm(P.apply_rope(q, jnp.array([9]))),
-                             jnp.linalg.norm(q), rtol=1e-5)
+  chex.assert_trees_all_close(jnp.linalg.norm(P.apply_rope(q, jnp.array([9]))),
+                              jnp.linalg.norm(q), rtol=1e-5)
 
 
 def test_rope_keeps_dtype_and_checks_shapes():
   x = jnp.ones((1, 4, 2, 8), jnp.bfloat16)
-  assert P.apply_rope(x, jnp.arange(4)).dtype == jnp.bfloat16
+  chex.assert_type(P.apply_rope(x, jnp.arange(4)), jnp.bfloat16)
   with pytest.raises(ValueError, match="positions must have shape"):
     P.apply_rope(x, jnp.arange(5))
   with pytest.raises(ValueError, match="even head_dim"):
@@ -85,9 +85,10 @@ def test_learned_position_embedding():
   assert logical_axes(emb.embed.embedding) == ("position", "embed")
   out = emb(jnp.array([[0, 3], [9, 1]]))
   chex.assert_shape(out, (2, 2, 4))
-  np.testing.assert_array_equal(out[1, 0], emb.embed.embedding[...][9])
+  chex.assert_trees_all_equal(out[1, 0], emb.embed.embedding[...][9])
   chex.assert_shape(emb(jnp.arange(3)), (1, 3, 4))
 
 
 def test_alibi_slopes_reexported():
-  np.testing.assert_allclose(P.alibi_slopes(4), [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8])
+  chex.assert_trees_all_close(P.alibi_slopes(4), np.asarray([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]),
+                              rtol=1e-7)

@@ -2,9 +2,9 @@
 
 import math
 
+import chex
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import pytest
 
@@ -81,7 +81,7 @@ def test_optimizer_uses_schedule_and_clipping():
   state = tx.init(params)
   grads = {"w": jnp.full((3,), 10.0)}  # norm 17.3 -> clipped to norm 1
   updates, _ = tx.update(grads, state, params)
-  np.testing.assert_allclose(optax.tree.norm(updates), 0.1, rtol=1e-5)
+  chex.assert_trees_all_close(optax.tree.norm(updates), 0.1, rtol=1e-5)
   assert float(sched(0)) == pytest.approx(0.1)
 
 

@@ -1,6 +1,7 @@
 """The sharded train step equals the single-device one; gradient accumulation equals one big
 batch."""
 
+import chex
 import jax
 import numpy as np
 
@@ -37,13 +38,11 @@ def test_sharded_step_matches_single_device(make_config):
   batches = _batches(one, 3)
   state1, losses1 = _run(setup1, batches)
   state8, losses8 = _run(setup8, batches)
-  np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
+  chex.assert_trees_all_close(np.asarray(losses8), np.asarray(losses1), rtol=2e-5)
   # The parameters really live sharded, and agree with the single-device run.
   mlp = state8["params"]["stack"]["blocks"][0]["mlp"]["wi"]["kernel"]
   assert not mlp.sharding.is_fully_replicated
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=1e-4, atol=1e-6),
-               state8["params"], state1["params"])
+  chex.assert_trees_all_close(state8["params"], state1["params"], rtol=1e-4, atol=1e-6)
   # The optimizer moments (Adam mu, nu) follow the parameters' sharding.
   moments = [x for x in jax.tree.leaves(state8["opt_state"]) if x.shape == mlp.shape]
   assert len(moments) >= 2 and all(x.sharding == mlp.sharding for x in moments)
@@ -59,7 +58,5 @@ def test_grad_accumulation_equals_big_batch(make_config):
   batches = _batches(big, 2)
   state_b, losses_b = _run(trainer.Setup(big), batches)
   state_a, losses_a = _run(trainer.Setup(acc), batches)
-  np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=1e-4, atol=1e-6),
-               state_a["params"], state_b["params"])
+  chex.assert_trees_all_close(np.asarray(losses_a), np.asarray(losses_b), rtol=1e-5)
+  chex.assert_trees_all_close(state_a["params"], state_b["params"], rtol=1e-4, atol=1e-6)
