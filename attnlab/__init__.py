@@ -1,7 +1,10 @@
-"""attnlab: attention mechanisms, kernels, a trainer and analysis tools in JAX/Flax.
+"""attnlab: attention mechanisms, Pallas kernels, NNX modules, models and a trainer in JAX/Flax.
 
-``attnlab.attention`` and ``attnlab.masks`` come from ``attnlab.core`` (pure JAX); import
-``attnlab.nn``, ``attnlab.models``, ``attnlab.train`` or ``attnlab.analysis`` for the rest.
+``attnlab.attention``, ``attnlab.masks`` and the mechanism catalogue (``list_mechanisms``,
+``get_mechanism``) come from ``attnlab.core`` (pure JAX). The rest is imported on demand:
+``attnlab.kernels`` (Pallas), ``attnlab.nn`` (NNX modules), ``attnlab.models`` (models built
+from ``config.model``), ``attnlab.data`` (grain pipelines), ``attnlab.train`` (the trainer),
+``attnlab.bench`` (benchmarks) and ``attnlab.catalogue`` (the catalogue table).
 """
 
 from attnlab.core import (alibi_slopes, attention, chunked_attention, get_mechanism,

@@ -40,7 +40,7 @@ Config keys (``default_model_config()``; every key is read by ``build_model``):
 Block- and depth-level variants (typed fields read by the builder, which hands typed arguments
 to ``attnlab.nn.variants`` and the stack; catalogue kind "block"):
 
-* ``attention.layer_mechanisms``: one mechanism per layer, e.g. ``("softmax", "mixer_none")``
+* ``attention.layer_mechanisms``: one mechanism per layer, e.g. ``(softmax, mixer_none)``
   (empty = every layer uses ``attention.mechanism``; ``attention.kwargs`` go only to layers of
   ``attention.mechanism``). "Deconstructing Attention", arXiv 2510.11602.
 * ``echo.anchors`` / ``echo.sharing_layers``: layer ``sharing_layers[i]`` reuses the attention

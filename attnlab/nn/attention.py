@@ -112,13 +112,9 @@ def accepted_mechanism_kwargs(mechanism: str,
 
 
 def check_mechanism_kwargs(mechanism: str, implementation: str, kwargs: Mapping[str, Any] | None,
-                           *, module_kwargs: tuple[str, ...] = (),
-                           core_mechanism: str | None = None) -> dict[str, Any]:
-  """Validate ``config.model.attention.kwargs``; return them as a plain dict.
-
-  ``module_kwargs`` are consumed by the attention module itself; the rest go to
-  ``attnlab.attention(mechanism=core_mechanism or mechanism, ...)``.
-  """
+                           *, core_mechanism: str | None = None) -> dict[str, Any]:
+  """Validate the hyperparameters a ``MultiHeadAttention`` forwards to ``attnlab.attention(
+  mechanism=core_mechanism or mechanism, ...)``; return them as a plain dict."""
   kwargs = to_dict(kwargs)
   for key in kwargs:
     if not isinstance(key, str):
@@ -128,7 +124,6 @@ def check_mechanism_kwargs(mechanism: str, implementation: str, kwargs: Mapping[
   accepted = accepted_mechanism_kwargs(core_mechanism or mechanism, implementation)
   if accepted is None:
     return kwargs
-  accepted = accepted | set(module_kwargs)
   unknown = sorted(set(kwargs) - accepted)
   if unknown:
     raise ValueError(f"unknown attention kwargs {unknown} for mechanism {mechanism!r} with "
@@ -151,12 +146,10 @@ class MultiHeadAttention(nnx.Module):
   Parameters (logical axes): ``q`` ``[embed, heads, head_dim]``, ``k``/``v``
   ``[embed, kv_heads, head_dim]``, ``o`` ``[heads, head_dim, embed]`` (+ biases when
   ``use_bias``). Subclasses may set ``core_mechanism`` (the ``attnlab.attention`` mechanism
-  they call when their registered name is not a core mechanism) and ``module_kwargs`` (names in
-  ``config.model.attention.kwargs`` they consume instead of forwarding to core).
+  they call when their registered name is not a core mechanism).
   """
 
   core_mechanism: ClassVar[str | None] = None
-  module_kwargs: ClassVar[tuple[str, ...]] = ()
   #: Set by ``@register_attention_module(name)`` on subclasses: the mechanism is fixed by the
   #: class (``mechanism=`` is for plain ``MultiHeadAttention`` only).
   mechanism_name: ClassVar[str | None] = None
@@ -198,14 +191,12 @@ class MultiHeadAttention(nnx.Module):
     elif mechanism is None:
       mechanism = "softmax"
     kwargs = check_mechanism_kwargs(mechanism, implementation, mechanism_kwargs,
-                                    module_kwargs=self.module_kwargs,
                                     core_mechanism=self.core_mechanism)
     self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = (
         d_model, num_heads, num_kv_heads, head_dim)
     self.mechanism, self.implementation = mechanism, implementation
     # Static, hashable: (name, value) pairs.
-    self.core_kwargs = freeze({k: v for k, v in kwargs.items() if k not in self.module_kwargs})
-    self.extra_kwargs = freeze({k: v for k, v in kwargs.items() if k in self.module_kwargs})
+    self.core_kwargs = freeze(kwargs)
     self.position, self.rope_base = position, float(rope_base)
     self.softcap = None if softcap is None else float(softcap)
     self.sliding_window, self.causal = sliding_window, causal

@@ -68,5 +68,5 @@ registry.register_mechanism(
           'Modeling (arXiv 2510.11602)',
     description='per-layer mechanism list: layer l uses attention.layer_mechanisms[l]; the '
                 "default hybrid keeps softmax attention in layer 0 and the paper's RndEmbQK "
-                "variant ('mixer_fixed': fixed, input-independent mixing) in layer 1",
+                "variant (mixer_fixed: fixed, input-independent mixing) in layer 1",
     complexity="that of each layer's mechanism")
