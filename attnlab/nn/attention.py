@@ -83,9 +83,12 @@ def accepted_mechanism_kwargs(mechanism: str,
                               implementation: str = "auto") -> frozenset[str] | None:
   """Hyperparameter names ``attnlab.attention`` accepts for this mechanism/implementation.
 
-  With ``"auto"`` a name must be accepted by every implementation "auto" may pick on this
-  platform (read from their signatures; an implementation taking ``**kwargs`` is not
-  constraining). ``scale`` is always accepted. None: unknown (anything goes).
+  With ``"auto"`` a name must be accepted by every implementation "auto" may pick on any
+  platform without a platform restriction (read from their signatures; an implementation
+  taking ``**kwargs`` is not constraining). Platform-restricted ones (the Pallas kernels) do
+  not constrain: "auto" skips them when they refuse a keyword. This needs no JAX backend, so a
+  config can be checked before ``jax.distributed.initialize()``. ``scale`` is always accepted.
+  None: unknown (anything goes).
   """
   mech = core_registry.get_mechanism(mechanism)  # ValueError listing the valid names
   if implementation in ("auto", "pallas"):
@@ -94,9 +97,8 @@ def accepted_mechanism_kwargs(mechanism: str,
     raise ValueError(f"mechanism {mechanism!r} (kind {getattr(mech, 'kind', '?')!r}) has no "
                      "implementation in attnlab.core, so attnlab.attention cannot run it")
   if implementation == "auto":
-    platform = jax.default_backend()
-    impls = [i for i in mech.implementations.values()
-             if not i.auto_platforms or platform in i.auto_platforms]
+    impls = ([i for i in mech.implementations.values() if not i.auto_platforms]
+             or list(mech.implementations.values()))
   else:
     if implementation not in mech.implementations:
       raise ValueError(f"unknown implementation {implementation!r} for mechanism {mechanism!r}; "

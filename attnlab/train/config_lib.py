@@ -11,11 +11,14 @@ Top-level keys (all required; unknown keys are an error):
   batch_size            int > 0, global batch (examples per update, all hosts/devices)
   grad_accum_steps      int >= 1, microbatches per update (gradient accumulation)
   data                  ConfigDict, ``attnlab.data`` config (see attnlab/data/pipeline.py)
-  model                 ConfigDict, ``attnlab.models`` config (see default_model_config())
+  model                 ConfigDict, ``attnlab.models`` config (see default_model_config());
+                        checked by ``attnlab.models.validate_model_config``
   optimizer             ConfigDict(name, learning_rate, b1, b2, eps, weight_decay,
                         grad_clip_norm, momentum, nesterov); name in OPTIMIZERS
   schedule              ConfigDict(name, warmup_steps, end_lr_fraction, decay_fraction,
-                        decay_shape); name in SCHEDULES (see attnlab/train/optim.py)
+                        decay_shape); name in SCHEDULES (see attnlab/train/optim.py);
+                        warmup_steps > total_steps is clamped (with a warning) when the
+                        schedule is built
   mesh                  ConfigDict(shape, axes): device mesh, -1 = the remaining devices
   logical_axis_rules    list of (logical_name, mesh_axis | (mesh_axes...) | None); the
                         "batch" rule also places the data batch
@@ -33,12 +36,21 @@ Top-level keys (all required; unknown keys are an error):
                         (1-based, as logged; tests the non-finite stop); -1 = never
   peak_flops_per_device float, peak FLOP/s of one device for the MFU estimate; 0 = from
                         the table in attnlab/train/metrics.py
+
+:func:`validate_config` is the one static check of a config (the trainer runs it once at
+start-up): the schema of the trainer keys above, ``attnlab.data.resolve_config`` for
+``config.data``, one call of ``attnlab.models.validate_model_config`` for ``config.model``
+(unknown model keys and mechanism names are its business), and the cross-section check
+``model.max_len >= data.seq_len`` of a decoder LM. It needs no JAX devices of its own
+(``attention.implementation="auto"`` currently makes ``attnlab.nn`` ask JAX for its default
+backend); :func:`validate_runtime` does the checks that need the device count.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
 import ml_collections
@@ -48,7 +60,6 @@ ConfigDict = ml_collections.ConfigDict
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("constant", "warmup_cosine", "wsd", "linear")
 DECAY_SHAPES = ("linear", "sqrt", "cosine")
-MODEL_NAMES = ("decoder_lm", "encoder_classifier")
 
 DEFAULT_MESH_AXES = ("data", "fsdp", "tensor")
 # Logical parameter axes (attnlab.nn.partitioning.LOGICAL_AXES) -> mesh axes. With the
@@ -109,7 +120,13 @@ def base_config() -> ConfigDict:
 
 
 class ConfigError(ValueError):
-  """An invalid trainer config (unknown key, bad value, unknown name)."""
+  """An invalid trainer config (unknown key, bad value, unknown name); a one-line message."""
+
+
+def _raise_errors(what: str, errors: list[str]) -> None:
+  """Raise one ConfigError holding every problem, on one line ("; "-separated)."""
+  if errors:
+    raise ConfigError(f"{what}: " + "; ".join(" ".join(e.split()) for e in errors))
 
 
 def _is_int(x: Any) -> bool:
@@ -144,45 +161,24 @@ def _as_dict(x: Any) -> dict[str, Any]:
   return dict(x)
 
 
-def _unknown_keys(errors: list[str], prefix: str, got: dict[str, Any],
-                  known: dict[str, Any], free: tuple[str, ...] = ()) -> None:
-  """Recursively report keys of `got` that `known` lacks (free: sub-dicts not checked)."""
+def _unknown_keys(errors: list[str], section: str, got: dict[str, Any],
+                  known: tuple[str, ...]) -> None:
+  """Report keys of the flat section ``config.<section>`` that are not in `known`."""
   unknown = sorted(set(got) - set(known))
   if unknown:
-    errors.append(f"unknown key(s) {[prefix + k for k in unknown]}; valid keys under "
-                  f"{prefix.rstrip('.') or 'config'}: {sorted(known)}")
-  for k, v in got.items():
-    if k in known and k not in free and isinstance(v, dict) and isinstance(known[k], dict):
-      _unknown_keys(errors, f"{prefix}{k}.", v, known[k], free)
+    errors.append(f"unknown key(s) {[f'config.{section}.{k}' for k in unknown]}; valid keys "
+                  f"under config.{section}: {sorted(known)}")
 
 
-def known_mechanisms() -> list[str]:
-  """Attention mechanism names valid in ``config.model.attention.mechanism``."""
-  try:
-    from attnlab import kernels  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    pass
-  try:
-    from attnlab import nn  # pylint: disable=g-import-not-at-top
-    return list(nn.list_attention_mechanisms())
-  except ImportError:
-    import attnlab  # pylint: disable=g-import-not-at-top
-    return list(attnlab.list_mechanisms())
+def validate_config(config: ConfigDict) -> None:
+  """The start-up check of a whole config. Raises one ConfigError listing every problem.
 
-
-def check_mechanism(name: Any) -> None:
-  """Raise a ConfigError naming the registered mechanisms if `name` is not one."""
-  known = known_mechanisms()
-  if name not in known:
-    raise ConfigError(f"config.model.attention.mechanism={name!r} is not a registered "
-                      f"attention mechanism; choose one of {known}")
-
-
-def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
-  """Static checks (no devices needed). Raises ConfigError listing every problem.
-
-  ``check_model=False`` skips ``attnlab.models.validate_model_config`` (which may initialise
-  the JAX backend), so the config can be checked before ``jax.distributed.initialize()``.
+  Trainer keys are checked here; ``config.data`` by ``attnlab.data.resolve_config`` and
+  ``config.model`` by one call of ``attnlab.models.validate_model_config`` (its
+  ValueError/TypeError is reported as ``config.model: <message>``, or as
+  ``config.model.<key>=...`` when the message starts with the key). Nothing here needs JAX
+  devices, provided ``validate_model_config`` does not ask for the default backend (see
+  :func:`validate_runtime` for the checks that need the device count).
   """
   if not isinstance(config, ConfigDict):
     raise ConfigError(f"config must be an ml_collections.ConfigDict, got "
@@ -197,8 +193,7 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
   if unknown:
     errors.append(f"unknown key(s) {['config.' + k for k in unknown]}; valid top-level keys: "
                   f"{sorted(base)}")
-  if errors:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+  _raise_errors("invalid config", errors)
 
   _int(errors, "seed", config.seed, 0)
   _int(errors, "total_steps", config.total_steps, 1)
@@ -223,7 +218,7 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
 
   # Optimizer.
   opt = _as_dict(config.optimizer)
-  _unknown_keys(errors, "optimizer.", opt, {k: None for k in _OPTIMIZER_KEYS})
+  _unknown_keys(errors, "optimizer", opt, _OPTIMIZER_KEYS)
   if opt.get("name") not in OPTIMIZERS:
     errors.append(f"config.optimizer.name={opt.get('name')!r} is not a known optimizer; "
                   f"choose one of {list(OPTIMIZERS)}")
@@ -237,15 +232,12 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
 
   # Schedule.
   sch = _as_dict(config.schedule)
-  _unknown_keys(errors, "schedule.", sch, {k: None for k in _SCHEDULE_KEYS})
+  _unknown_keys(errors, "schedule", sch, _SCHEDULE_KEYS)
   if sch.get("name") not in SCHEDULES:
     errors.append(f"config.schedule.name={sch.get('name')!r} is not a known schedule; "
                   f"choose one of {list(SCHEDULES)}")
   _int(errors, "schedule.warmup_steps", sch.get("warmup_steps"), 0)
-  if (_is_int(sch.get("warmup_steps")) and _is_int(config.total_steps)
-      and sch["warmup_steps"] > config.total_steps):
-    errors.append(f"config.schedule.warmup_steps={sch['warmup_steps']} exceeds "
-                  f"config.total_steps={config.total_steps}")
+  # warmup_steps > total_steps is not an error: optim.make_schedule clamps it (warning).
   _num(errors, "schedule.end_lr_fraction", sch.get("end_lr_fraction"), 0.0, 1.0)
   _num(errors, "schedule.decay_fraction", sch.get("decay_fraction"), 0.0, 1.0)
   if sch.get("decay_shape") not in DECAY_SHAPES:
@@ -254,7 +246,7 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
 
   # Mesh and rules.
   mesh = _as_dict(config.mesh)
-  _unknown_keys(errors, "mesh.", mesh, {k: None for k in _MESH_KEYS})
+  _unknown_keys(errors, "mesh", mesh, _MESH_KEYS)
   shape, axes = mesh.get("shape"), mesh.get("axes")
   if (not isinstance(shape, (tuple, list)) or not shape
       or not all(_is_int(s) and (s >= 1 or s == -1) for s in shape)
@@ -288,47 +280,30 @@ def validate_config(config: ConfigDict, *, check_model: bool = True) -> None:
 
   # Data: attnlab.data checks names, unknown keys and types.
   from attnlab import data as data_lib  # pylint: disable=g-import-not-at-top
+  seq_len = None
   try:
-    resolved = data_lib.resolve_config(config.data)
-    _int(errors, "data.seq_len", resolved.seq_len, 2)
+    seq_len = data_lib.resolve_config(config.data).seq_len
+    _int(errors, "data.seq_len", seq_len, 2)
   except (ValueError, TypeError) as e:
     errors.append(f"config.data: {e}")
 
-  # Model.
+  # Model: attnlab.models checks names, unknown keys, types and values (one call).
+  from attnlab import models  # pylint: disable=g-import-not-at-top
+  try:
+    models.validate_model_config(config.model)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    # KeyError/AttributeError: a key the model code reads is missing.
+    msg = str(e)
+    # "attention.mechanism='x': ..." -> "config.model.attention.mechanism='x': ...".
+    sep = "." if re.match(r"[A-Za-z_][\w.\[\]]*[=:]", msg) else ": "
+    errors.append(f"config.model{sep}{msg}")
+  # The one check that spans two sections.
   model = _as_dict(config.model)
-  try:
-    model_defaults = _as_dict(default_model_config())
-  except ImportError as e:
-    model_defaults = None
-    errors.append(f"cannot import attnlab.models to check config.model: {e}")
-  if model_defaults is not None:
-    _unknown_keys(errors, "model.", model, model_defaults, free=("kwargs", "pooling_kwargs"))
-  if model.get("name") not in MODEL_NAMES:
-    errors.append(f"config.model.name={model.get('name')!r} must be one of "
-                  f"{list(MODEL_NAMES)}")
-  for key in ("num_layers", "d_model", "num_heads"):
-    if key in model:
-      _int(errors, f"model.{key}", model[key], 1)
-  att = model.get("attention") or {}
-  try:
-    check_mechanism(att.get("mechanism"))
-  except ConfigError as e:
-    errors.append(str(e))
-  else:
-    if not errors and check_model:
-      try:
-        from attnlab import models  # pylint: disable=g-import-not-at-top
-        models.validate_model_config(config.model)
-      except (ValueError, TypeError) as e:
-        errors.append(f"config.model: {e}")
   if (model.get("name") == "decoder_lm" and _is_int(model.get("max_len"))
-      and _is_int(getattr(config.data, "seq_len", None))
-      and model["max_len"] < config.data.seq_len):
+      and _is_int(seq_len) and model["max_len"] < seq_len):
     errors.append(f"config.model.max_len={model['max_len']} is smaller than "
-                  f"config.data.seq_len={config.data.seq_len}")
-
-  if errors:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+                  f"config.data.seq_len={seq_len}")
+  _raise_errors("invalid config", errors)
 
 
 def _base_schema() -> ConfigDict:
@@ -387,5 +362,4 @@ def validate_runtime(config: ConfigDict, mesh_shape: dict[str, int], num_process
     if bs % num_processes:
       errors.append(f"{name} {bs} must be divisible by the number of processes "
                     f"{num_processes}")
-  if errors:
-    raise ConfigError("invalid config for this device set-up:\n  " + "\n  ".join(errors))
+  _raise_errors("invalid config for this device set-up", errors)

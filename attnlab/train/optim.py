@@ -3,7 +3,8 @@
 Schedules are functions of the update count ``t`` (0 for the first update, as optax passes
 it), with peak ``p = optimizer.learning_rate``, ``W = schedule.warmup_steps``,
 ``T = total_steps`` and ``E = schedule.end_lr_fraction * p``. All start with a linear warmup
-``p * t / W`` for ``t < W``; then:
+``p * t / W`` for ``t < W``; then (a ``W`` larger than ``T`` is clamped to ``T``, with a
+warning, so that a short run such as ``--config.total_steps=20`` still ends its warmup):
 
   constant       ``p``
   warmup_cosine  ``E + (p - E) * (1 + cos(pi * u)) / 2``, ``u = min(1, (t - W) / (T - W))``
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from attnlab.train.config_lib import ConfigDict, ConfigError, DECAY_SHAPES, SCHEDULES
 
@@ -36,7 +38,10 @@ Schedule = Callable[[Any], jax.Array]
 
 def make_schedule(schedule_cfg: ConfigDict, *, learning_rate: float, total_steps: int
                   ) -> Schedule:
-  """A jit-able ``t -> learning rate`` (float32) from ``config.schedule``."""
+  """A jit-able ``t -> learning rate`` (float32) from ``config.schedule``.
+
+  ``warmup_steps > total_steps`` is clamped to ``total_steps`` (one warning).
+  """
   name = schedule_cfg.name
   if name not in SCHEDULES:
     raise ConfigError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
@@ -44,6 +49,10 @@ def make_schedule(schedule_cfg: ConfigDict, *, learning_rate: float, total_steps
   end = float(schedule_cfg.end_lr_fraction) * peak
   warmup = int(schedule_cfg.warmup_steps)
   total = int(total_steps)
+  if warmup > total:
+    logging.warning("schedule.warmup_steps=%d exceeds total_steps=%d; clamping the warmup "
+                    "to %d steps.", warmup, total, total)
+    warmup = total
   decay_steps = max(1, int(round(float(schedule_cfg.decay_fraction) * total)))
   decay_start = max(warmup, total - decay_steps)
   shape = schedule_cfg.decay_shape

@@ -1,13 +1,20 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Per run: validate the config, build the mesh, the data iterators, the model (abstractly, then
-its parameters directly in their shardings), the optimizer and the jitted steps; resume from
-the newest checkpoint in ``workdir/checkpoints`` if any; then train ``total_steps`` updates
-with periodic logging, evaluation and checkpoints.
+Per run: validate the config (once; ``validate=False`` when the caller already did, as
+``python -m attnlab.train`` does), check the workdir, build the mesh, the data iterators, the
+model (abstractly, then its parameters directly in their shardings), the optimizer and the
+jitted steps; resume from the newest checkpoint in ``workdir/checkpoints`` if any (after
+checking that it was written by the same model: ``config.json``'s model section, then the
+checkpoint's array shapes); then train ``total_steps`` updates with periodic logging,
+evaluation and checkpoints.
+
+User errors raise :class:`config_lib.ConfigError` (the config) or :class:`WorkdirError` (a
+URL or a file as workdir; checkpoints of another model), both with one-line messages.
 
 Workdir layout::
 
-  DIR/config.json        the resolved config (process 0)
+  DIR/config.json        the config of the run's first start (process 0; written atomically,
+                         not rewritten on resume; its model section is compared on resume)
   DIR/metrics.jsonl      one JSON record per logged step / eval
   DIR/tb/                TensorBoard events
   DIR/checkpoints/<s>/   orbax checkpoints (state, data_iter, config)
@@ -20,6 +27,7 @@ preemption); the next run with the same workdir resumes and reproduces the unint
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -46,6 +54,26 @@ ConfigDict = config_lib.ConfigDict
 
 class NonFiniteError(RuntimeError):
   """The loss or the gradient norm became NaN/inf; training stopped."""
+
+
+WorkdirError = checkpointing.WorkdirError
+
+
+def prepare_workdir(workdir: str | Path) -> Path:
+  """The absolute workdir, created if missing; :class:`WorkdirError` if it cannot be."""
+  if "://" in str(workdir):
+    raise WorkdirError(f"workdir must be a local or shared-file-system path, got the URL "
+                       f"{str(workdir)!r}; mount the bucket (e.g. gcsfuse at /gcs/<bucket>) "
+                       "and pass that path")
+  path = Path(workdir).absolute()
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f"workdir {path} is a file, not a directory; pass a directory (new or "
+                       "of an earlier run)")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"cannot create the workdir {path}: {e.strerror or e}") from e
+  return path
 
 
 def _is_byte_lm(config: ConfigDict) -> bool:
@@ -82,7 +110,12 @@ class Setup:
       return models.build_model(self.model_cfg, vocab_size=self.vocab_size,
                                 rngs=nnx.Rngs(config.seed))
 
-    abstract_model = nnx.eval_shape(make_model)
+    try:
+      abstract_model = nnx.eval_shape(make_model)
+    except (ValueError, TypeError) as e:
+      # The modules' constructors check their own arguments (values the static config check
+      # cannot judge, e.g. a mechanism's hyperparameter): a user error, reported in one line.
+      raise config_lib.ConfigError(f"config.model: {e}") from e
     graphdef, abs_params, abs_rngs, abs_rest = nnx.split(
         abstract_model, nnx.Param, nnx.RngState, ...)
     param_shardings = nnx.to_pure_dict(
@@ -214,23 +247,45 @@ def _reached_preemption(step: int) -> bool:
     return False
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ConfigDict, workdir: str, *, validate: bool = True
+                       ) -> dict[str, Any]:
   """Train (resuming from `workdir` if it has checkpoints); return the last metrics.
 
   Returns a dict with ``step``, ``status`` ("done" | "stopped") and the last logged train
-  and eval metrics. Raises :class:`NonFiniteError` on a NaN/inf loss and
-  :class:`config_lib.ConfigError` on a bad config.
+  and eval metrics. Raises :class:`NonFiniteError` on a NaN/inf loss,
+  :class:`config_lib.ConfigError` on a bad config (``validate=False`` skips
+  ``config_lib.validate_config``, for callers that ran it already) and :class:`WorkdirError`
+  on an unusable workdir or checkpoints of a different model.
   """
-  config_lib.validate_config(config)
-  if "://" in str(workdir):
-    raise ValueError(f"workdir must be a local or shared-file-system path, got the URL "
-                     f"{workdir!r}; mount the bucket (e.g. gcsfuse at /gcs/<bucket>) and pass "
-                     "that path")
-  workdir_path = Path(workdir).absolute()
-  workdir_path.mkdir(parents=True, exist_ok=True)
+  if validate:
+    config_lib.validate_config(config)
+  workdir_path = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
 
   t0 = time.time()
+  ckpt = checkpointing.Checkpointer(workdir_path, keep=config.keep_checkpoints,
+                                    async_save=config.async_checkpointing)
+  try:
+    return _train(config, workdir_path, ckpt, is_main, t0)
+  finally:
+    ckpt.close()
+
+
+def _json(x: Any) -> Any:
+  return json.loads(x.to_json_best_effort()) if isinstance(x, ConfigDict) else x
+
+
+def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpointer,
+           is_main: bool, t0: float) -> dict[str, Any]:
+  config_json = config.to_json_best_effort(indent=2)
+  resuming = ckpt.latest_step() is not None
+  have_saved_config = True
+  if resuming:  # before building anything: the same model, or a one-line error
+    have_saved_config = checkpointing.check_model_config(
+        workdir_path, _json(config.model), _json(config_lib.default_model_config()))
+  elif is_main:
+    checkpointing.write_run_config(workdir_path, config_json)
+
   setup = Setup(config)
   mesh = setup.mesh
   byte_lm = _is_byte_lm(config) and setup.task == steps_lib.TASK_LM
@@ -251,9 +306,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
   train_iter = make_train_iterator(config)
   eval_ds = make_eval_dataset(config)
-  ckpt = checkpointing.Checkpointer(workdir_path, keep=config.keep_checkpoints,
-                                    async_save=config.async_checkpointing)
-  config_json = config.to_json_best_effort(indent=2)
 
   start_step, state = ckpt.restore_latest(setup.abstract_state, train_iter)
   if state is None:
@@ -264,8 +316,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if restored != start_step:
       raise RuntimeError(f"checkpoint {start_step} holds step {restored}")
     logging.info("Resumed from step %d", start_step)
-  if is_main:
-    (workdir_path / "config.json").write_text(config_json)
+    if is_main and not have_saved_config:  # an older workdir: compare next time
+      checkpointing.write_run_config(workdir_path, config_json)
   logging.info("Setup took %.1fs", time.time() - t0)
 
   writer = metrics_lib.MetricsWriter(workdir_path, start_step=start_step)
@@ -274,7 +326,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   if start_step >= total:
     logging.info("Nothing to do: step %d >= total_steps %d", start_step, total)
     writer.close()
-    ckpt.close()
     return result
 
   last_saved = start_step if ckpt.latest_step() is not None else None
@@ -376,7 +427,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
           stopped = True
           break
   finally:
-    ckpt.close()
+    ckpt.close()  # waits for the last save
     writer.close()
   result["step"] = step
   result["status"] = "stopped" if stopped else "done"

@@ -1,5 +1,6 @@
 """Checkpoints: save / restore, data-iterator resume, stop + resume == uninterrupted,
-keep-last-N, and the non-finite stop that keeps the last good checkpoint.
+keep-last-N, the non-finite stop that keeps the last good checkpoint, and the refusal to
+resume a checkpoint of a different model (config.json, then the checkpoint's shapes).
 
 All runs share one model / schedule (BASE), so they compile the same programs (and hit the
 persistent compilation cache); host-side keys (log/eval/checkpoint cadence) do not matter.
@@ -78,6 +79,44 @@ def test_stop_and_resume_matches_uninterrupted(make_config, tmp_path):
   assert (tmp_path / "b" / "tb").is_dir()
   saved = json.loads((tmp_path / "b" / "config.json").read_text())
   assert saved["total_steps"] == 8
+  assert saved["stop_at_step"] == 4  # written once, at the first start; not on resume
+  assert saved["model"]["dropout"] == 0.1
+
+
+def test_resume_with_another_model_is_refused(make_config, tmp_path):
+  trainer.train_and_evaluate(make_config(total_steps=1, schedule__warmup_steps=1),
+                             str(tmp_path))
+  other = make_config(total_steps=2, schedule__warmup_steps=1, model__d_model=64)
+  # config.json's model section differs: every differing key, before building anything.
+  with pytest.raises(trainer.WorkdirError) as e:
+    trainer.train_and_evaluate(other, str(tmp_path))
+  msg = str(e.value)
+  assert f"the checkpoint in {tmp_path} was written with model.d_model=32, the config asks " \
+      "for 64" in msg
+  assert "\n" not in msg
+  # An older workdir without config.json: the checkpoint's shapes are compared instead,
+  # before orbax reads any array.
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(trainer.WorkdirError, match=r"does not fit the configured model: "
+                     r"params\.\S+ is \(\d+, 32\) in the checkpoint, \(\d+, 64\) in the "
+                     r"config"):
+    trainer.train_and_evaluate(other, str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+  # The same model resumes, and config.json is written back for the next start.
+  again = trainer.train_and_evaluate(make_config(total_steps=2, schedule__warmup_steps=1),
+                                     str(tmp_path))
+  assert again["step"] == 2
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 32
+
+
+def test_model_config_differences():
+  saved = {"d_model": 32, "attention": {"mechanism": "softmax", "kwargs": {}}}
+  current = {"d_model": 32, "attention": {"mechanism": "sigmoid", "kwargs": {"b": 1}},
+             "new_key": 0}
+  defaults = {"new_key": 0}
+  assert checkpointing.model_config_differences(saved, current, defaults) == [
+      ("model.attention.kwargs.b", checkpointing._UNSET, 1),
+      ("model.attention.mechanism", "softmax", "sigmoid")]
 
 
 def test_keep_last_n_and_nothing_to_do(make_config, tmp_path):
