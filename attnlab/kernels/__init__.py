@@ -4,40 +4,28 @@ Importing this package registers the ``"pallas"`` implementation of the ``"softm
 ``"sigmoid"`` mechanisms (``attnlab.attention(..., implementation="pallas")``); ``"auto"``
 picks it on GPU and TPU when ``supports`` accepts the call, else falls back to ``"chunked"``.
 On CPU the kernels run in Pallas interpret mode.
+
+The code lives in ``attnlab.kernels.flash`` (one module per part: entry point, support
+checks, tile tables, forward, backward, Triton and Mosaic TPU drivers; see its docstring).
+``autotune`` and ``kmask`` are that package's ``autotune`` and ``masks`` modules.
 """
 
-from attnlab.core import registry
-from attnlab.kernels import autotune, kmask
-from attnlab.kernels.flash import (BACKENDS, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, build_table,
-                                   flash_attention, table_layout, tile_states,
-                                   unsupported_reason)
+import sys
 
+from attnlab.kernels.flash import autotune
+from attnlab.kernels.flash import masks as kmask  # public name from before the split
+from attnlab.kernels.flash.api import (flash_attention, flash_sigmoid_attention,
+                                       flash_softmax_attention)
+from attnlab.kernels.flash.support import (BACKENDS, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS,
+                                           unsupported_reason)
+from attnlab.kernels.flash.tables import build_table, table_layout, tile_states
 
-def flash_softmax_attention(q, k, v, **kwargs):
-  """FlashAttention-2 softmax attention (arXiv 2307.08691); see ``flash_attention``."""
-  return flash_attention(q, k, v, normalizer="softmax", **kwargs)
-
-
-def flash_sigmoid_attention(q, k, v, **kwargs):
-  """FlashSigmoid attention (arXiv 2409.04431); see ``flash_attention``."""
-  return flash_attention(q, k, v, normalizer="sigmoid", **kwargs)
-
-
-def _register() -> None:
-  registry.register_implementation(
-      "softmax", "pallas", flash_softmax_attention,
-      supports=lambda **call: unsupported_reason(normalizer="softmax", **call),
-      auto_platforms=("gpu", "tpu"))
-  registry.register_implementation(
-      "sigmoid", "pallas", flash_sigmoid_attention,
-      supports=lambda **call: unsupported_reason(normalizer="sigmoid", **call),
-      auto_platforms=("gpu", "tpu"))
-
-
-_register()
+# ``import attnlab.kernels.autotune`` / ``attnlab.kernels.kmask`` keep working: same modules.
+sys.modules.setdefault(__name__ + ".autotune", autotune)
+sys.modules.setdefault(__name__ + ".kmask", kmask)
 
 __all__ = [
     "flash_attention", "flash_softmax_attention", "flash_sigmoid_attention",
-    "unsupported_reason", "tile_states", "build_table", "table_layout", "autotune", "kmask", "BACKENDS",
-    "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
+    "unsupported_reason", "tile_states", "build_table", "table_layout", "autotune", "kmask",
+    "BACKENDS", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
 ]

@@ -82,3 +82,19 @@ def test_supports_reports_reasons():
   assert "sigmoid_bias" in kernels.unsupported_reason(q=q, k=q, v=q, sigmoid_bias=1.0)
   assert kernels.unsupported_reason(q=q, k=q, v=q, sigmoid_bias=1.0,
                                     normalizer="sigmoid") is None
+
+
+def test_public_names_and_module_paths():
+  """The package's public names (and module paths from before the flash/ split) resolve."""
+  import importlib
+
+  from attnlab.kernels import flash
+  from attnlab.kernels.flash import api, autotune, masks as kernel_masks, support, tables
+  for name in kernels.__all__:
+    assert getattr(kernels, name) is not None
+  assert kernels.flash_attention is api.flash_attention is flash.flash_attention
+  assert kernels.unsupported_reason is support.unsupported_reason
+  assert kernels.build_table is tables.build_table
+  assert kernels.kmask is kernel_masks and kernels.autotune is autotune
+  assert importlib.import_module("attnlab.kernels.kmask") is kernel_masks
+  assert importlib.import_module("attnlab.kernels.autotune") is autotune

@@ -5,7 +5,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from attnlab.kernels import autotune
+from attnlab.kernels.flash import autotune
 
 KEY_ARGS = dict(backend="triton", interpret=False, dtype=jnp.bfloat16, head_dim=128,
                 q_len=8192, kv_len=8192, mask_kind="causal", normalizer="softmax",
@@ -107,14 +107,15 @@ def test_measure_runs_for_real_inside_a_trace():
   """The kernel's timing hook escapes the caller's jit trace (it runs in a helper thread)."""
   import jax
   from attnlab import masks
-  from attnlab.kernels import flash
+  from attnlab.kernels import flash_attention
 
   seen = {}
   cfg = dict(autotune.INTERPRET_DEFAULT)
 
   def f(q):
-    seen["t"] = flash._measure(cfg, q=q, k=q, v=q, mask=masks.CausalMask(),
-                               normalizer="softmax", backend="triton", interpret=True, runs=1)
+    seen["t"] = autotune.measure_candidate(
+        flash_attention, cfg, q=q, k=q, v=q, mask=masks.CausalMask(), normalizer="softmax",
+        backend="triton", interpret=True, runs=1)
     return q * 2
 
   jax.jit(f)(jnp.zeros((1, 32, 1, 64)))

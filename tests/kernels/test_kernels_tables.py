@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from attnlab import masks
-from attnlab.kernels import build_table, flash_attention, kmask, table_layout, tile_states
+from attnlab.kernels import build_table, flash_attention, table_layout, tile_states
+from attnlab.kernels.flash import masks as kernel_masks
 
 from _kernel_helpers import jit_fast
 
@@ -126,24 +127,24 @@ ALL_MASKS = {
 @pytest.mark.parametrize("name", list(ALL_MASKS))
 def test_compiled_mask_matches_allowed(name):
   mask = ALL_MASKS[name]
-  compiled = kmask.compile_mask(mask)
+  compiled = kernel_masks.compile_mask(mask)
   q_pos, k_pos = jnp.arange(8, 24), jnp.arange(4, 30)
   for b in range(2):
-    ctx = kmask.TileContext(
+    ctx = kernel_masks.TileContext(
         q_pos=q_pos[:, None], k_pos=k_pos[None, :],
         scalar=lambda n: jnp.broadcast_to(compiled.scalars[n], (2,))[b],
         q_vec=lambda n: compiled.q_vecs[n][b][q_pos][:, None],
         k_vec=lambda n: compiled.k_vecs[n][b][k_pos][None, :])
-    got = np.broadcast_to(kmask.evaluate(compiled.program, ctx), (16, 26))
+    got = np.broadcast_to(kernel_masks.evaluate(compiled.program, ctx), (16, 26))
     want = np.asarray(mask.allowed(q_pos, k_pos))
     np.testing.assert_array_equal(got, want[min(b, want.shape[0] - 1)])
 
 
 def test_unsupported_masks_are_refused():
   arr = masks.ArrayMask(np.tril(np.ones((8, 8), bool)))
-  assert "ArrayMask" in kmask.check_supported(arr & masks.CausalMask())
-  with pytest.raises(kmask.UnsupportedMask):
-    kmask.compile_mask(arr)
+  assert "ArrayMask" in kernel_masks.check_supported(arr & masks.CausalMask())
+  with pytest.raises(kernel_masks.UnsupportedMask):
+    kernel_masks.compile_mask(arr)
 
 
 @pytest.mark.parametrize("name", ["causal", "window"])

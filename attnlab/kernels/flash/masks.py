@@ -15,6 +15,9 @@ Supported: ``LocalMask`` (causal, sliding window), ``FullMask``, ``PrefixLMMask`
 without array leaves is evaluated by calling its own ``allowed`` on the tile's positions (so it
 must be elementwise ``jnp`` code). ``ArrayMask`` and unknown masks with array leaves are refused
 (``UnsupportedMask``); ``implementation="auto"`` then falls back to the chunked path.
+
+Also here: ``check_supported`` (the support check, no arrays built), ``mask_kind`` (autotuner
+keys) and ``tile_states`` (block summary -> tile states). Public as ``attnlab.kernels.kmask``.
 """
 
 from __future__ import annotations

@@ -13,19 +13,24 @@ num_warps, num_stages, num_warps_bwd, num_stages_bwd``:
 * else a per-backend heuristic.
 
 Writes are atomic (temp file + rename) and merge with entries other processes wrote meanwhile.
+``measure_candidate(attention_fn, config, ...)`` times one candidate of a real call; the
+kernel's entry point binds it as the ``measure`` function above.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
 import pathlib
 import tempfile
 import threading
+import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 CACHE_ENV = "ATTNLAB_CACHE_DIR"
@@ -211,3 +216,52 @@ def block_config(*, backend: str, interpret: bool, dtype: Any, head_dim: int, q_
     return base
   save_entry(path, key, best, extra={"timings_s": finite})
   return {f: best[f] for f in FIELDS}
+
+
+# ------------------------------------------------------------------------------------------
+# Timing one candidate.
+
+
+def measure_candidate(attention_fn: Callable[..., Any], cfg_dict: dict, *, q, k, v, mask,
+                      normalizer, backend, direction="fwd", interpret=False,
+                      runs: int = 5) -> float:
+  """Median seconds of one candidate on random inputs shaped like the call.
+
+  ``attention_fn(q, k, v, **kwargs)`` is the kernel's entry point (``flash_attention``), run
+  with ``cfg_dict`` (tiles and launch parameters) on top of the call's mask, normaliser and
+  driver; ``direction`` "fwd" times the forward, "bwd" the forward and backward.
+
+  Usually called while the user's function is being traced; the candidate runs in a helper
+  thread, which starts with JAX's trace state empty, so it executes for real instead of being
+  staged into the caller's computation. Only the shapes and dtypes of ``q, k, v`` are used; a
+  mask with traced leaves is replaced by none.
+  """
+  static_mask = mask if mask is not None and all(
+      not isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(mask)) else None
+  specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
+  kw = dict(mask=static_mask, normalizer=normalizer, kernel_backend=backend,
+            interpret=interpret, **cfg_dict)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    return pool.submit(_run_candidate, attention_fn, specs, kw, direction, runs).result()
+
+
+def _run_candidate(attention_fn, specs, kw, direction, runs):
+  try:
+    rng = np.random.default_rng(0)
+    args = [jnp.asarray(rng.standard_normal(s.shape, np.float32)).astype(s.dtype)
+            for s in specs]
+    if direction == "fwd":
+      fn = jax.jit(lambda a, b_, c: attention_fn(a, b_, c, **kw))
+    else:
+      def loss(a, b_, c):
+        return attention_fn(a, b_, c, **kw).astype(jnp.float32).sum()
+      fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(runs):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+  except Exception:  # a candidate that does not compile (shared memory, registers) loses
+    return math.inf

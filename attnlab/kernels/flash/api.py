@@ -1,0 +1,269 @@
+"""Public entry point of the Pallas flash kernels, its custom_vjp, and their registration.
+
+* ``flash_attention(q, k, v, ...)``: attnlab's attention contract on top of the kernels --
+  support check, tile sizes (``autotune``), mask program and scalars (``masks``), tile tables
+  (``tables``), padding to whole blocks and the driver's layout, the static ``Config``; then
+  the forward (``forward.run``) under a custom_vjp whose backward is ``backward.run``. Head
+  masks and ``return_weights`` are handled around the kernel.
+* ``flash_softmax_attention`` / ``flash_sigmoid_attention``: the two normalisers.
+* Importing this module registers them as the ``"pallas"`` implementation of the "softmax"
+  and "sigmoid" mechanisms (``supports``: ``support.unsupported_reason``; "auto" picks them on
+  GPU and TPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import custom_derivatives
+
+from attnlab.core import common
+from attnlab.core import masks as masks_lib
+from attnlab.core import registry
+from attnlab.core.mechanisms import sigmoid as sigmoid_lib
+from attnlab.core.mechanisms import softmax as softmax_lib
+from attnlab.kernels.flash import autotune
+from attnlab.kernels.flash import backward
+from attnlab.kernels.flash import forward
+from attnlab.kernels.flash import masks
+from attnlab.kernels.flash import support
+from attnlab.kernels.flash import tables
+from attnlab.kernels.flash.config import Config
+from attnlab.kernels.flash.support import unsupported_reason
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------------------------------
+# custom_vjp: forward kernel, then dq and dk/dv kernels from its residuals.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables,
+           dkv_tables, vis_dq):
+  out, _, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables)
+  return out
+
+
+def _flash_fwd(cfg, *args):
+  bias_arg = args[3]
+  need_dbias = (isinstance(bias_arg, custom_derivatives.CustomVJPPrimal)
+                and bool(bias_arg.perturbed))
+  (q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables, dkv_tables,
+   vis_dq) = custom_derivatives.custom_vjp_primal_tree_values(args)
+  out, lse, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables)
+  res = (q, k, v, bias, slopes, scalars, qvecs, kvecs, None, dq_tables, dkv_tables, out, lse,
+         vis_dq)
+  return out, (res, () if need_dbias else None)
+
+
+def _flash_bwd(cfg, residuals, do):
+  res, flag = residuals
+  out = res[11]
+  if isinstance(do, custom_derivatives.SymbolicZero):
+    do = jnp.zeros(out.shape, out.dtype)
+  dq, dk, dv, dbias = backward.run(cfg, res, do.astype(out.dtype), need_dbias=flag is not None)
+  bias = res[3]
+  if dbias is not None:
+    dbias = dbias.reshape(bias.shape).astype(bias.dtype)
+  return (dq, dk, dv, dbias, None, None, None, None, None, None, None, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Public entry point.
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def _pad_axis(x, axis, size, value=0):
+  pad = size - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _clip_block(block: int, n: int) -> int:
+  return int(min(block, max(16, _next_pow2(n))))
+
+
+def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+                    bias: Array | None = None, scale: float | None = None,
+                    softcap: float | None = None, alibi_slopes: Array | None = None,
+                    q_offset: Any = 0, head_mask: Array | None = None,
+                    return_weights: bool = False, normalizer: str = "softmax",
+                    sigmoid_bias: float | None = None, block_q: int | None = None,
+                    block_k: int | None = None, block_q_bwd: int | None = None,
+                    block_k_bwd: int | None = None, num_warps: int | None = None,
+                    num_stages: int | None = None, num_warps_bwd: int | None = None,
+                    num_stages_bwd: int | None = None, kernel_backend: str | None = None,
+                    interpret: Any = None, debug_counts: bool = False):
+  """Flash attention with attnlab's contract (see ``attnlab.attention``).
+
+  q ``[B, Tq, H, D]``, k ``[B, Tk, K, D]``, v ``[B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]``.
+
+  Kernel options: ``block_q`` / ``block_k`` (forward tiles) and ``block_q_bwd`` /
+  ``block_k_bwd`` (backward tiles), powers of two; default from ``attnlab.kernels.flash.autotune``
+  (fixed small tiles in interpret mode). ``num_warps`` / ``num_stages`` (and ``*_bwd``) are
+  Triton launch parameters. ``kernel_backend`` "triton" | "mosaic" (default from the
+  platform), ``interpret`` (default: True on CPU; a ``pltpu.InterpretParams`` for mosaic).
+  ``debug_counts=True`` returns ``(out, counts)`` with ``counts [B, H, n_q_blocks, 2]`` the
+  number of FULL and PARTIAL tiles the forward kernel processed per q block (not
+  differentiable; for tests).
+  """
+  if normalizer not in ("softmax", "sigmoid"):
+    raise ValueError(f"normalizer must be 'softmax' or 'sigmoid', got {normalizer!r}")
+  call = dict(q=q, k=k, v=v, mask=mask, kernel_backend=kernel_backend, block_q=block_q,
+              block_k=block_k, block_q_bwd=block_q_bwd, block_k_bwd=block_k_bwd,
+              scale=scale, softcap=softcap, interpret=interpret)
+  if normalizer == "sigmoid":
+    call["sigmoid_bias"] = sigmoid_bias
+  reason = unsupported_reason(normalizer=normalizer, **call)
+  if reason:
+    raise ValueError(f"Pallas flash attention does not support this call: {reason}")
+  mask, bias, scale, alibi, head_mask_ = softmax_lib.prepare(q, k, v, mask, bias, scale,
+                                                             alibi_slopes, head_mask)
+  b, tq, h, d = q.shape
+  tk, kh, dv = k.shape[1], k.shape[2], v.shape[-1]
+  platform = jax.default_backend()
+  backend = kernel_backend or support.default_backend_for_platform(platform)
+  if interpret is None:
+    interpret = support.default_interpret(backend, platform)
+
+  given = dict(block_q=block_q, block_k=block_k, block_q_bwd=block_q_bwd,
+               block_k_bwd=block_k_bwd, num_warps=num_warps, num_stages=num_stages,
+               num_warps_bwd=num_warps_bwd, num_stages_bwd=num_stages_bwd)
+  tuned = given
+  if any(x is None for x in given.values()):
+    tuned = autotune.block_config(
+        backend=backend, interpret=bool(interpret), dtype=q.dtype, head_dim=d, q_len=tq,
+        kv_len=tk, mask_kind=masks.mask_kind(mask), normalizer=normalizer,
+        measure=None if interpret or platform not in ("gpu", "tpu") else functools.partial(
+            autotune.measure_candidate, flash_attention, q=q, k=k, v=v, mask=mask,
+            normalizer=normalizer, backend=backend))
+  pick = lambda given, name: tuned[name] if given is None else given
+  bq = _clip_block(pick(block_q, "block_q"), tq)
+  bk = _clip_block(pick(block_k, "block_k"), tk)
+  bqb = _clip_block(pick(block_q_bwd, "block_q_bwd"), tq)
+  bkb = _clip_block(pick(block_k_bwd, "block_k_bwd"), tk)
+  q_pad, kv_pad = _round_up(tq, max(bq, bqb)), _round_up(tk, max(bk, bkb))
+
+  # Mask program and the per-batch int32 scalars it reads (slot 0: the call's q_offset).
+  compiled = masks.compile_mask(mask)
+  scal = [jnp.asarray(q_offset, jnp.int32).reshape(1)]
+  if compiled is not None:
+    scal += compiled.scalars
+  scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(s, jnp.int32).reshape(-1), (b,))
+                       for s in scal], axis=1)  # [B, S]
+  qvecs = tuple(_pad_axis(jnp.broadcast_to(x, (b, tq)), 1, q_pad)[:, :, None]
+                for x in (compiled.q_vecs if compiled else ()))
+  kvecs = tuple(_pad_axis(jnp.broadcast_to(x, (b, tk)), 1, kv_pad)[:, None, :]
+                for x in (compiled.k_vecs if compiled else ()))
+
+  # Tile tables: forward (rows = q blocks), dq (q blocks) and dk/dv (rows = k blocks).
+  st_fwd = tables.tile_states(mask, tq, tk, bq, bk, q_pad // bq, kv_pad // bk)
+  st_bwd = tables.tile_states(mask, tq, tk, bqb, bkb, q_pad // bqb, kv_pad // bkb)
+  fwd_tables, fwd_steps, fwd_batched, fwd_pf, fwd_contig = tables.table_layout(st_fwd)
+  dq_tables, dq_steps, bwd_batched, dq_pf, dq_contig = tables.table_layout(st_bwd)
+  dkv_tables, dkv_steps, _, dkv_pf, dkv_contig = tables.table_layout(
+      st_bwd.transpose(0, 2, 1))
+  vis_dq = jnp.asarray(st_bwd != masks_lib.EMPTY)
+  frac = (float((np.asarray(st_fwd) != masks_lib.EMPTY).mean())
+          if masks_lib.is_static(st_fwd) else 1.0)
+
+  slopes = None if alibi is None else jnp.broadcast_to(alibi.astype(jnp.float32), (b, h))
+  if bias is not None:
+    if bias.shape[2] > 1:
+      bias = _pad_axis(bias, 2, q_pad)
+    if bias.shape[3] > 1:
+      bias = _pad_axis(bias, 3, kv_pad)
+  qp, kp, vp = _pad_axis(q, 1, q_pad), _pad_axis(k, 1, kv_pad), _pad_axis(v, 1, kv_pad)
+  if backend == "mosaic":
+    qp, kp, vp = (x.transpose(0, 2, 1, 3) for x in (qp, kp, vp))
+
+  is_16bit = q.dtype in (jnp.bfloat16, jnp.float16)
+  cfg = Config(
+      normalizer=normalizer, scale=float(scale),
+      softcap=None if softcap is None else float(softcap),
+      sigmoid_bias=sigmoid_lib.default_sigmoid_bias(tk, sigmoid_bias),
+      batch=b, heads=h, kv_heads=kh, head_dim=d, v_dim=dv, q_len=tq, kv_len=tk,
+      q_pad=q_pad, kv_pad=kv_pad, block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb,
+      fwd_steps=fwd_steps, dq_steps=dq_steps, dkv_steps=dkv_steps,
+      fwd_table_batched=fwd_batched, bwd_table_batched=bwd_batched,
+      partial_first=(fwd_pf, dq_pf, dkv_pf), contiguous=(fwd_contig, dq_contig, dkv_contig),
+      bias_shape=None if bias is None else tuple(
+          1 if n == 1 else n for n in bias.shape),
+      has_alibi=alibi is not None,
+      mask_program=None if compiled is None else compiled.program,
+      n_q_vecs=len(qvecs), n_k_vecs=len(kvecs), backend=backend,
+      interpret=interpret,
+      num_warps=pick(num_warps, "num_warps"), num_stages=pick(num_stages, "num_stages"),
+      num_warps_bwd=pick(num_warps_bwd, "num_warps_bwd"),
+      num_stages_bwd=pick(num_stages_bwd, "num_stages_bwd"),
+      fast_math=(backend == "triton" and not interpret and is_16bit),
+      precision=None if is_16bit else jax.lax.Precision.HIGHEST,
+      debug_counts=bool(debug_counts), visited_fraction=frac)
+
+  if debug_counts:
+    out, _, counts = forward.run(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs,
+                                 fwd_tables)
+  else:
+    out = _flash(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables,
+                 dkv_tables, vis_dq)
+  if backend == "mosaic":
+    out = out.transpose(0, 2, 1, 3)
+  out = common.apply_head_mask(out[:, :tq], head_mask_)
+  if debug_counts:
+    return out, counts[:, :, :, 0, :2]
+  if not return_weights:
+    return out
+  ref = sigmoid_lib.sigmoid_attention if normalizer == "sigmoid" else (
+      softmax_lib.softmax_attention)
+  extra = {"sigmoid_bias": sigmoid_bias} if normalizer == "sigmoid" else {}
+  _, weights = ref(q, k, v, mask=mask, bias=bias if bias is None else bias[
+      :, :, :tq if bias.shape[2] > 1 else None, :tk if bias.shape[3] > 1 else None],
+      scale=scale, softcap=softcap, alibi_slopes=alibi_slopes, q_offset=q_offset,
+      return_weights=True, **extra)
+  return out, weights
+
+
+# ------------------------------------------------------------------------------------------
+# The two normalisers, registered as the "pallas" implementation.
+
+
+def flash_softmax_attention(q, k, v, **kwargs):
+  """FlashAttention-2 softmax attention (arXiv 2307.08691); see ``flash_attention``."""
+  return flash_attention(q, k, v, normalizer="softmax", **kwargs)
+
+
+def flash_sigmoid_attention(q, k, v, **kwargs):
+  """FlashSigmoid attention (arXiv 2409.04431); see ``flash_attention``."""
+  return flash_attention(q, k, v, normalizer="sigmoid", **kwargs)
+
+
+def _register() -> None:
+  registry.register_implementation(
+      "softmax", "pallas", flash_softmax_attention,
+      supports=lambda **call: unsupported_reason(normalizer="softmax", **call),
+      auto_platforms=("gpu", "tpu"))
+  registry.register_implementation(
+      "sigmoid", "pallas", flash_sigmoid_attention,
+      supports=lambda **call: unsupported_reason(normalizer="sigmoid", **call),
+      auto_platforms=("gpu", "tpu"))
+
+
+_register()
