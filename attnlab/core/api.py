@@ -40,9 +40,9 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   if implementation in ("auto", "pallas"):
     load_plugins()
   if not mech.implementations:
-    raise ValueError(f"mechanism {mechanism!r} is a {mech.kind}-level mechanism with no pure "
-                     "attention function; select it in a model config "
-                     f"({mech.config or 'see its docstring'}) or build it with attnlab.nn")
+    raise ValueError(f"mechanism {mechanism!r} (kind {mech.kind!r}) has no pure attention "
+                     "function; build its module with attnlab.nn / attnlab.models, or train it "
+                     f"with configs/mechanisms.py:{mechanism}")
   if implementation != "auto":
     if implementation not in mech.implementations:
       why = (f" (attnlab.kernels failed to import: {_plugin_error!r})"

@@ -64,4 +64,4 @@ registry.register_mechanism(
     complexity="O(T^2 d) time, O(T d) memory (chunked/pallas)", kernel="pallas (FlashSigmoid)",
     implementations={"xla": sigmoid_attention})
 registry.register_implementation("sigmoid", "chunked", chunked_sigmoid_attention,
-                                 supports=softmax_lib.chunked_refusal)
+                                 supports=softmax_lib.chunked_refusal("normalizer"))

@@ -67,10 +67,15 @@ from attnlab.core import chunked  # noqa: E402  pylint: disable=g-import-not-at-
 from attnlab.core import registry  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def chunked_refusal(**call: Any) -> str | None:
-  """Why ``chunked_attention`` cannot take ``call`` (None if it can)."""
-  call.pop("normalizer", None)
-  return registry.unaccepted_kwargs(chunked.chunked_attention, call)
+def chunked_refusal(*refused: str):
+  """A ``supports`` for ``chunked_attention``: refuses ``refused`` keywords (set by the
+  mechanism itself, or another mechanism's hyperparameters) and any it does not take."""
+  def supports(**call: Any) -> str | None:
+    bad = sorted(set(call) & set(refused))
+    if bad:
+      return f"unexpected arguments {bad}"
+    return registry.unaccepted_kwargs(chunked.chunked_attention, call)
+  return supports
 
 
 registry.register_mechanism(
@@ -79,4 +84,4 @@ registry.register_mechanism(
     complexity="O(T^2 d) time, O(T d) memory (chunked/pallas)", kernel="pallas (softmax)",
     implementations={"xla": softmax_attention})
 registry.register_implementation("softmax", "chunked", chunked.chunked_attention,
-                                 supports=chunked_refusal)
+                                 supports=chunked_refusal("normalizer", "sigmoid_bias"))
