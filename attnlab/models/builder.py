@@ -47,9 +47,10 @@ def attention_arguments(cfg: Any, *, layer_index: int, causal: bool
   name, kwargs = variants.layer_mechanism_kwargs(cfg, layer_index)
   cls = attention_lib.get_attention_module(name)  # ValueError listing the valid names
   shared = shared_arguments(cfg, layer_index=layer_index, causal=causal)
+  managed = attention_lib._MANAGED  # pylint: disable=protected-access
   for key in kwargs:
-    if key in attention_lib._MANAGED or key in shared:  # pylint: disable=protected-access
-      why = attention_lib._MANAGED.get(key, f"set config.model.{key}")  # pylint: disable=protected-access
+    if key in managed or key in shared:
+      why = managed.get(key, f"set config.model.{key}")
       raise ValueError(f"attention.kwargs may not set {key!r}: {why}")
   if cls is attention_lib.MultiHeadAttention:
     attention_lib.check_mechanism_kwargs(name, cfg.attention.implementation, kwargs)

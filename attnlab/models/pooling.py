@@ -2,9 +2,10 @@
 ``attnlab.core.pooling.lowrank_multihead_pool`` / ``multilayer_trainable_pool``; they live with
 the encoder model. A head is a class registered with ``@register_pooling(name)`` and built as
 ``cls(d_model, *, num_layers, model_heads, <its typed hyperparameters>, rngs)``; the model
-builder passes ``config.model.pooling_kwargs`` as those hyperparameters. It provides ``out_dim`` (the pooled width the
-classifier reads), ``all_layers`` (True: the encoder passes every layer's hidden states) and
-``__call__(x [B, T, D], *, valid [B, T] | None, hiddens [L, B, T, D] | None) -> [B, out_dim]``.
+builder passes ``config.model.pooling_kwargs`` as those hyperparameters. It provides ``out_dim``
+(the pooled width the classifier reads), ``all_layers`` (True: the encoder passes every layer's
+hidden states) and ``__call__(x [B, T, D], *, valid [B, T] | None, hiddens [L, B, T, D] | None)
+-> [B, out_dim]``.
 
 * ``LowRankMHAPool`` (LAMA, arXiv 1912.00835). Options: ``num_heads``
   (int > 0, 4), ``rank`` (int > 0, 1), ``context`` ("learned" | "mean"), ``l2_normalize``

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import _scores
@@ -55,7 +56,8 @@ def rotate_polar(x: Array, pos: Array, *, phase_scale: Array, phase_bias: Array 
   return jnp.concatenate([r * jnp.cos(phase), r * jnp.sin(phase)], axis=-1)
 
 
-def complex_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def complex_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                      v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                       scale: float | None = None, softcap: float | None = None,
                       alibi_slopes: Array | None = None, q_offset: Any = 0,
                       head_mask: Array | None = None, return_weights: bool = False,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import _scores
@@ -29,7 +30,8 @@ from attnlab.core import registry
 Array = jax.Array
 
 
-def crate_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def crate_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                    v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                     scale: float | None = None, softcap: float | None = None,
                     alibi_slopes: Array | None = None, q_offset: Any = 0,
                     head_mask: Array | None = None, return_weights: bool = False):

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
@@ -21,7 +22,8 @@ from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 
-def taylor_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+def taylor_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                     v: Float[Array, "B Tk K Dv"], *, mask: masks_lib.Mask | None = None,
                      bias: Array | None = None, scale: float | None = None,
                      softcap: float | None = None, alibi_slopes: Array | None = None,
                      q_offset: Any = 0, head_mask: Array | None = None,

@@ -1,10 +1,11 @@
 """Deconstructing Attention -- "Non-approximate": element-wise self-gated scores.
 
-Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language Modeling"
-(Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 7-8: no pairwise similarity; each key position scores itself,
-``s_j = (SiLU(q_j) * k_j) . 1 / sqrt(d)``, and ``A_ij = softmax_{j <= i}(s_j)``: the weights
-of query ``i`` do not depend on ``q_i``; a later query only renormalises the same scores over
-more keys. A plain ``attnlab.nn.MultiHeadAttention(mechanism=...)`` runs it.
+Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language
+Modeling" (Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 7-8: no pairwise similarity; each key
+position scores itself, ``s_j = (SiLU(q_j) * k_j) . 1 / sqrt(d)``, and ``A_ij = softmax_{j <=
+i}(s_j)``: the weights of query ``i`` do not depend on ``q_i``; a later query only renormalises
+the same scores over more keys. A plain ``attnlab.nn.MultiHeadAttention(mechanism=...)`` runs
+it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
@@ -25,7 +27,8 @@ Array = jax.Array
 Q_ACTIVATIONS = ("silu", "none")
 
 
-def self_gated_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+def self_gated_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                         v: Float[Array, "B Tk K Dv"], *, mask: masks_lib.Mask | None = None,
                          bias: Array | None = None, scale: float | None = None,
                          softcap: float | None = None, alibi_slopes: Array | None = None,
                          q_offset: Any = 0, head_mask: Array | None = None,

@@ -1,11 +1,12 @@
 """Deconstructing Attention -- "StaticEmbQK": Q, K from the static input embeddings.
 
-Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language Modeling"
-(Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 13: Q and K are projections of the static (layer-0) input embeddings, V
-of the current hidden state. The math is ``attnlab.core.mechanisms.softmax.softmax_attention``
-on those Q, K; the NNX module ``attnlab.nn.mechanisms.decon_staticqk.StaticEmbQKAttention``
-holds the projections. Departure: the embedding is the normalised input of layer 0, shared by
-every layer; "FixedSeqQK" (a fixed natural-text sequence through the stack) is not implemented.
+Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language
+Modeling" (Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 13: Q and K are projections of the
+static (layer-0) input embeddings, V of the current hidden state. The math is
+``attnlab.core.mechanisms.softmax.softmax_attention`` on those Q, K; the NNX module
+``attnlab.nn.mechanisms.decon_staticqk.StaticEmbQKAttention`` holds the projections. Departure:
+the embedding is the normalised input of layer 0, shared by every layer; "FixedSeqQK" (a fixed
+natural-text sequence through the stack) is not implemented.
 """
 
 from attnlab.core import registry

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import softmax as softmax_lib
@@ -46,7 +47,8 @@ def locality_pos_weights(offsets: Any, strength: Any = 1.0) -> Array:
   return jnp.stack([-strength, 2.0 * strength * offsets], axis=-1)
 
 
-def gpsa_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def gpsa_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                   v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                    scale: float | None = None, softcap: float | None = None,
                    alibi_slopes: Array | None = None, q_offset: Any = 0,
                    head_mask: Array | None = None, return_weights: bool = False,

@@ -1,11 +1,12 @@
 """Deconstructing Attention -- "RndEmbQK": fixed, input-independent token mixing.
 
-Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language Modeling"
-(Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 9-10: Q and K come from fixed random positional embeddings ``eps``, so
-``softmax((eps W_Q)(eps W_K)^T / sqrt(d))`` is one learned mixing matrix shared by every input,
-applied to ``V = x W_V``. The math is ``attnlab.core.mechanisms.softmax.softmax_attention`` on
-those Q, K; the NNX module ``attnlab.nn.mechanisms.mixer_fixed.FixedQKMixer`` holds the
-embedding and the projections. Departure: ``eps`` may also be sinusoidal (``embedding``).
+Paper: "Deconstructing Attention: Investigating Design Principles for Effective Language
+Modeling" (Xue, Moosavi & Aletras, arXiv 2510.11602), Eq. 9-10: Q and K come from fixed random
+positional embeddings ``eps``, so ``softmax((eps W_Q)(eps W_K)^T / sqrt(d))`` is one learned
+mixing matrix shared by every input, applied to ``V = x W_V``. The math is
+``attnlab.core.mechanisms.softmax.softmax_attention`` on those Q, K; the NNX module
+``attnlab.nn.mechanisms.mixer_fixed.FixedQKMixer`` holds the embedding and the projections.
+Departure: ``eps`` may also be sinusoidal (``embedding``).
 """
 
 from attnlab.core import registry

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import softmax as softmax_lib
@@ -39,7 +40,8 @@ def ema_weights(q_pos: Array, k_pos: Array, momentum: Any, include_current: bool
   return jnp.where(keep, m ** jnp.where(keep, lag, 0.0), 0.0)
 
 
-def momentum_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def momentum_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                       v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                        scale: float | None = None, softcap: float | None = None,
                        alibi_slopes: Array | None = None, q_offset: Any = 0,
                        head_mask: Array | None = None, return_weights: bool = False,

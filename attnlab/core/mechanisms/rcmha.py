@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import _scores
@@ -36,7 +37,8 @@ def relative_distance_index(q_pos: Array, k_pos: Array, max_distance: int) -> Ar
   return jnp.clip(rel, -max_distance, max_distance) + max_distance
 
 
-def rcmha_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def rcmha_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                    v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                     scale: float | None = None, softcap: float | None = None,
                     alibi_slopes: Array | None = None, q_offset: Any = 0,
                     head_mask: Array | None = None, return_weights: bool = False,

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core.mechanisms import softmax as softmax_lib
@@ -42,7 +43,8 @@ def visible_keys(mask, b: int, tq: int, tk: int) -> Array:
   return jnp.maximum(n, 1.0)
 
 
-def selective_attention(q: Array, k: Array, v: Array, *, mask=None, bias: Array | None = None,
+def selective_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                        v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
                         scale: float | None = None, softcap: float | None = None,
                         alibi_slopes: Array | None = None, q_offset: Any = 0,
                         head_mask: Array | None = None, return_weights: bool = False,

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
@@ -25,7 +26,8 @@ def default_sigmoid_bias(kv_len: int, sigmoid_bias: float | None) -> float:
   return -math.log(kv_len) if sigmoid_bias is None else float(sigmoid_bias)
 
 
-def sigmoid_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+def sigmoid_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                      v: Float[Array, "B Tk K Dv"], *, mask: masks_lib.Mask | None = None,
                       bias: Array | None = None, scale: float | None = None,
                       softcap: float | None = None, alibi_slopes: Array | None = None,
                       q_offset: Any = 0, head_mask: Array | None = None,
@@ -52,7 +54,8 @@ from attnlab.core import chunked  # noqa: E402  pylint: disable=g-import-not-at-
 from attnlab.core import registry  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def chunked_sigmoid_attention(q: Array, k: Array, v: Array, **kwargs: Any):
+def chunked_sigmoid_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                              v: Float[Array, "B Tk K Dv"], **kwargs: Any):
   """``chunked_attention`` with the sigmoid normaliser (FlashSigmoid order, O(T) memory)."""
   return chunked.chunked_attention(q, k, v, normalizer="sigmoid", **kwargs)
 

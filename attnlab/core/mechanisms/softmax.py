@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Float
 
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
@@ -46,7 +47,8 @@ def masked_softmax(logits: Array, allowed: Array | None) -> Array:
   return p / jnp.where(denom == 0.0, 1.0, denom)
 
 
-def softmax_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None = None,
+def softmax_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+                      v: Float[Array, "B Tk K Dv"], *, mask: masks_lib.Mask | None = None,
                       bias: Array | None = None, scale: float | None = None,
                       softcap: float | None = None, alibi_slopes: Array | None = None,
                       q_offset: Any = 0, head_mask: Array | None = None,

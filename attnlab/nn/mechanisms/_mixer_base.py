@@ -2,13 +2,14 @@
 ``TokenMixer`` base class implementing the attention-module interface of
 ``attnlab.nn.attention`` for modules that replace attention.
 
-``TokenMixer`` subclasses (one file each in ``attnlab/nn/mechanisms/``) implement ``mix(x, *, positions, mask, head_mask, bias,
-return_weights)`` over a whole sequence. The base class builds the structural mask (causal,
-sliding window, the caller's extra mask) and implements decoding with an *input* cache: the
-normalised inputs of all past positions are kept (``cached_input [B, S, E]``) and the mixer is
-re-run over the cache, reading the rows of the new tokens. Because every mixer here is causal
-under a causal mask, rows never read later (unwritten) positions. This costs one full mix per
-step (fine for the small decoding tests it serves; mixers are ablations, not fast paths).
+``TokenMixer`` subclasses (one file each in ``attnlab/nn/mechanisms/``) implement ``mix(x, *,
+positions, mask, head_mask, bias, return_weights)`` over a whole sequence. The base class builds
+the structural mask (causal, sliding window, the caller's extra mask) and implements decoding
+with an *input* cache: the normalised inputs of all past positions are kept (``cached_input [B,
+S, E]``) and the mixer is re-run over the cache, reading the rows of the new tokens. Because
+every mixer here is causal under a causal mask, rows never read later (unwritten) positions.
+This costs one full mix per step (fine for the small decoding tests it serves; mixers are
+ablations, not fast paths).
 """
 
 from __future__ import annotations

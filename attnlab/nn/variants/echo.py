@@ -1,10 +1,10 @@
 """EchoAtt sharing layers: own value and output projections, the anchor's attention weights.
 
-``EchoAttention`` replaces a sharing layer's attention module (the model builder places it from ``config.model.echo``); the
-stack (``attnlab.nn.blocks.TransformerStack``) records the anchor layer's weights
-``[B, H, T, S]`` and passes them as ``shared_weights``. The call ends in
-``attnlab.core.variants.echo.echo_attention``. With a KV cache the module caches only its
-values (the anchor's weights already cover the cache positions).
+``EchoAttention`` replaces a sharing layer's attention module (the model builder places it from
+``config.model.echo``); the stack (``attnlab.nn.blocks.TransformerStack``) records the anchor
+layer's weights ``[B, H, T, S]`` and passes them as ``shared_weights``. The call ends in
+``attnlab.core.variants.echo.echo_attention``. With a KV cache the module caches only its values
+(the anchor's weights already cover the cache positions).
 """
 
 from __future__ import annotations
