@@ -35,7 +35,8 @@ from attnlab.core import api as core_api
 from attnlab.core import masks
 from attnlab.core import registry as core_registry
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.common import check_positive_int, freeze, resolve_dtype, to_dict
+from attnlab.nn.common import (check_positive_int, freeze, resolve_dtype, resolve_heads,
+                               to_dict)
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -163,20 +164,8 @@ class MultiHeadAttention(nnx.Module):
                softcap: float | None = None, sliding_window: int | None = None,
                causal: bool = False, use_bias: bool = False, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    check_positive_int(d_model, "d_model")
-    check_positive_int(num_heads, "num_heads")
-    check_positive_int(num_kv_heads, "num_kv_heads", allow_none=True)
-    check_positive_int(head_dim, "head_dim", allow_none=True)
+    num_kv_heads, head_dim = resolve_heads(d_model, num_heads, num_kv_heads, head_dim)
     check_positive_int(sliding_window, "sliding_window", allow_none=True)
-    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    if num_heads % num_kv_heads:
-      raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                       f"({num_kv_heads})")
-    if head_dim is None:
-      if d_model % num_heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) "
-                         "when head_dim is None")
-      head_dim = d_model // num_heads
     position = positions_lib.check_position_kind(position)
     if position == "rope" and head_dim % 2:
       raise ValueError(f"position='rope' needs an even head_dim, got head_dim={head_dim}")

@@ -45,3 +45,23 @@ def check_positive_int(value: Any, name: str, allow_none: bool = False) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
                      f"got {value!r}")
+
+
+def resolve_heads(d_model: Any, num_heads: Any, num_kv_heads: Any,
+                  head_dim: Any) -> tuple[int, int]:
+  """Check the head layout; return ``(num_kv_heads, head_dim)`` with their defaults filled in
+  (``num_kv_heads = num_heads``, ``head_dim = d_model // num_heads``)."""
+  check_positive_int(d_model, "d_model")
+  check_positive_int(num_heads, "num_heads")
+  check_positive_int(num_kv_heads, "num_kv_heads", allow_none=True)
+  check_positive_int(head_dim, "head_dim", allow_none=True)
+  num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+  if num_heads % num_kv_heads:
+    raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                     f"({num_kv_heads})")
+  if head_dim is None:
+    if d_model % num_heads:
+      raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) "
+                       "when head_dim is None")
+    head_dim = d_model // num_heads
+  return num_kv_heads, head_dim

@@ -22,7 +22,7 @@ from flax import nnx
 
 from attnlab.core import masks
 from attnlab.nn import positions as positions_lib
-from attnlab.nn.common import check_positive_int, resolve_dtype
+from attnlab.nn.common import check_positive_int, resolve_dtype, resolve_heads
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
@@ -94,24 +94,13 @@ class TokenMixer(nnx.Module):
                softcap: float | None = None, dtype: Any = jnp.float32, rngs: nnx.Rngs):
     del rngs  # subclasses create the parameters
     self.mechanism = type(self).mechanism_name or type(self).__name__
-    for name, val in (("d_model", d_model), ("num_heads", num_heads), ("max_len", max_len),
-                      ("num_layers", num_layers)):
-      check_positive_int(val, name)
-    check_positive_int(num_kv_heads, "num_kv_heads", allow_none=True)
-    check_positive_int(head_dim, "head_dim", allow_none=True)
+    num_kv_heads, head_dim = resolve_heads(d_model, num_heads, num_kv_heads, head_dim)
+    check_positive_int(max_len, "max_len")
+    check_positive_int(num_layers, "num_layers")
     check_positive_int(sliding_window, "sliding_window", allow_none=True)
     if softcap is not None:
       raise ValueError(f"{self.mechanism}: softcap is not supported by this token mixer, got "
                        f"{softcap!r}")
-    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    if num_heads % num_kv_heads:
-      raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                       f"({num_kv_heads})")
-    if head_dim is None:
-      if d_model % num_heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) "
-                         "when head_dim is None")
-      head_dim = d_model // num_heads
     self.d_model, self.num_heads = d_model, num_heads
     self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
     self.max_len, self.num_layers, self.layer_index = max_len, num_layers, layer_index
