@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+from flax import nnx
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -65,3 +66,7 @@ def resolve_heads(d_model: Any, num_heads: Any, num_kv_heads: Any,
                        "when head_dim is None")
     head_dim = d_model // num_heads
   return num_kv_heads, head_dim
+
+
+class FrozenRandom(nnx.Variable):
+  """A fixed random tensor: model state, never an ``nnx.Param`` (the optimizer skips it)."""

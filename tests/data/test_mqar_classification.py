@@ -1,6 +1,7 @@
 """The synthetic "mqar_classification" task (attnlab.data) used by the pooling-head catalogue
 entries: task logic against a naive loop, its pipeline registration and class count."""
 
+import chex
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def test_mqar_classification_logic(num_queries, random_non_queries):
     ex = src[i]
     assert set(ex) == {"inputs", "weights", "label"}
     x, w, y = ex["inputs"], ex["weights"], ex["label"]
-    assert x.shape == w.shape == (seq_len,) and y.shape == ()
+    chex.assert_shape([x, w, y], [(seq_len,), (seq_len,), ()])
     assert x.dtype == np.int32 and w.dtype == np.float32 and y.dtype == np.int32
     assert (w == 1).all()
     keys, values = x[0:2 * kv:2], x[1:2 * kv:2]
@@ -44,7 +45,7 @@ def test_mqar_classification_logic(num_queries, random_non_queries):
       assert (x[rest] == PAD_ID).all()
   assert len(labels) > 1
   # Deterministic per (seed, split, index); splits differ.
-  np.testing.assert_array_equal(src[3]["inputs"], src[3]["inputs"])
+  chex.assert_trees_all_equal(src[3]["inputs"], src[3]["inputs"])
   other = MQARClassificationSource(seq_len=seq_len, vocab_size=vocab, num_kv_pairs=kv,
                                    num_examples=25, seed=1, split="validation")
   assert not np.array_equal(other[3]["inputs"], src[3]["inputs"])
@@ -57,7 +58,7 @@ def test_mqar_classification_pipeline_and_errors():
   cfg.name = "mqar_classification"  # the same keys as "mqar" (how the catalogue switches)
   assert attn_data.num_classes(cfg) == 10 and attn_data.vocab_size(cfg) == 20
   batch = next(iter(attn_data.make_dataset(cfg, "train", global_batch_size=4, seed=0)))
-  assert batch["inputs"].shape == (4, 16) and batch["label"].shape == (4,)
+  chex.assert_shape([batch["inputs"], batch["label"]], [(4, 16), (4,)])
   assert (batch["label"] < 10).all()
   val = list(attn_data.make_dataset(cfg, "validation", global_batch_size=4, seed=0))
   assert len(val) == 2 and val[-1]["weights"][1:].sum() == 0  # zero padding, label 0

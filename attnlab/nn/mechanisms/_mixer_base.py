@@ -22,14 +22,11 @@ from flax import nnx
 
 from attnlab.core import masks
 from attnlab.nn import positions as positions_lib
+from attnlab.nn.common import FrozenRandom  # noqa: F401  (re-exported for the mixers)
 from attnlab.nn.common import check_positive_int, resolve_dtype, resolve_heads
 from attnlab.nn.partitioning import logical_init
 
 Array = jax.Array
-
-
-class FrozenRandom(nnx.Variable):
-  """A fixed random tensor: model state, never an ``nnx.Param`` (the optimizer skips it)."""
 
 
 def make_param(rngs: nnx.Rngs, init: Callable[..., Any], shape: tuple[int, ...],

@@ -22,15 +22,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab.core.mechanisms import _scores as core_common
-from attnlab.nn.common import check_positive_int, resolve_dtype
+from attnlab.nn.common import FrozenRandom, check_positive_int, resolve_dtype
 from attnlab.nn.attention import register_attention_module
 from attnlab.nn.mechanisms._scores_base import ScoresAttention, check_kwarg
 
 Array = jax.Array
-
-
-class FrozenRandom(nnx.Variable):
-  """A fixed random tensor: part of the model state, never a trainable ``nnx.Param``."""
 
 
 @register_attention_module("random_qk")
