@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float, Int
 
 from attnlab.core import masks
 from attnlab.models import builder
@@ -54,9 +55,9 @@ class DecoderLM(nnx.Module):
     self.stack.init_cache(batch, max_len, dtype)
     self.cache_index = nnx.Cache(jnp.zeros((), jnp.int32))
 
-  def __call__(self, tokens: Array, *, positions: Array | None = None,
-               segment_ids: Array | None = None, deterministic: bool = True,
-               head_masks: Array | None = None, attn_biases: Any = None,
+  def __call__(self, tokens: Int[Array, "B T"], *, positions: Int[Array, "*B T"] | None = None,
+               segment_ids: Int[Array, "B T"] | None = None, deterministic: bool = True,
+               head_masks: Float[Array, "L *B H"] | None = None, attn_biases: Any = None,
                record_weights_layers: Sequence[int] = (), decode: bool = False) -> Any:
     """Next-token logits.
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float, Int
 
 from attnlab.core import masks
 from attnlab.models import builder
@@ -60,9 +61,10 @@ class EncoderClassifier(nnx.Module):
         kernel_init=logical_init(nnx.initializers.lecun_normal(), ("embed", "classes")),
         bias_init=logical_init(nnx.initializers.zeros_init(), ("classes",)), rngs=rngs)
 
-  def __call__(self, tokens: Array, *, lengths: Array | None = None,
-               weights: Array | None = None, positions: Array | None = None,
-               deterministic: bool = True, head_masks: Array | None = None,
+  def __call__(self, tokens: Int[Array, "B T"], *, lengths: Int[Array, "B"] | None = None,
+               weights: Float[Array, "B T"] | None = None,
+               positions: Int[Array, "*B T"] | None = None, deterministic: bool = True,
+               head_masks: Float[Array, "L *B H"] | None = None,
                attn_biases: Any = None, record_weights_layers: Sequence[int] = ()) -> Any:
     """Class logits.
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float, Int
 
 import attnlab
 from attnlab.core import api as core_api
@@ -276,10 +277,11 @@ class MultiHeadAttention(nnx.Module):
         alibi_slopes=alibi, q_offset=q_offset, head_mask=head_mask,
         return_weights=return_weights, **dict(self.core_kwargs))
 
-  def __call__(self, x: Array, *, positions: Array | None = None,
-               mask: masks.Mask | None = None, head_mask: Array | None = None,
-               bias: Array | None = None, decode: bool = False, return_weights: bool = False,
-               deterministic: bool = True) -> Any:
+  def __call__(self, x: Float[Array, "B T E"], *, positions: Int[Array, "*B T"] | None = None,
+               mask: masks.Mask | None = None, head_mask: Float[Array, "*B H"] | None = None,
+               bias: Float[Array, "#B #H #T #S"] | None = None, decode: bool = False,
+               return_weights: bool = False, deterministic: bool = True
+               ) -> Float[Array, "B T E"] | tuple[Float[Array, "B T E"], Float[Array, "B H T S"]]:
     """Attention over ``x [B, T, E]``.
 
     Args:

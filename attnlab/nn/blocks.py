@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float, Int
 
 from attnlab.core import masks
 from attnlab.nn.common import check_positive_int, resolve_dtype
@@ -213,10 +214,11 @@ class TransformerBlock(nnx.Module):
     if self.router is not None:
       self.router.init_cache(batch)
 
-  def __call__(self, x: Array, *, positions: Array | None = None,
-               mask: masks.Mask | None = None, head_mask: Array | None = None,
-               bias: Array | None = None, deterministic: bool = True, decode: bool = False,
-               return_weights: bool = False, shared_weights: Array | None = None) -> Any:
+  def __call__(self, x: Float[Array, "B T E"], *, positions: Int[Array, "*B T"] | None = None,
+               mask: masks.Mask | None = None, head_mask: Float[Array, "*B H"] | None = None,
+               bias: Float[Array, "#B #H #T #S"] | None = None, deterministic: bool = True,
+               decode: bool = False, return_weights: bool = False,
+               shared_weights: Float[Array, "B H T S"] | None = None) -> Any:
     """``x [B, T, d_model]`` -> same shape, or ``(x, weights [B, H, T, S])``.
 
     ``head_mask`` and ``bias`` are traced analysis inputs passed to the attention module.
@@ -304,9 +306,9 @@ class TransformerStack(nnx.Module):
     for block in self.blocks:
       block.init_cache(batch, max_len, dtype)
 
-  def __call__(self, x: Array, *, positions: Array | None = None,
+  def __call__(self, x: Float[Array, "B T E"], *, positions: Int[Array, "*B T"] | None = None,
                mask: masks.Mask | None = None, deterministic: bool = True,
-               head_masks: Array | None = None, attn_biases: Any = None,
+               head_masks: Float[Array, "L *B H"] | None = None, attn_biases: Any = None,
                record_weights_layers: Sequence[int] = (), decode: bool = False,
                return_hiddens: bool = False) -> tuple[Array, dict[int, Array]]:
     """Returns ``(x, {layer: weights [B, H, T, S]})`` for the layers in

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float, Int
 
 from attnlab.core import masks
 from attnlab.nn import positions as positions_lib
@@ -131,10 +132,11 @@ class TokenMixer(nnx.Module):
       out.append(masks.ValidLengthMask(kv_lengths=kv_length))
     return masks.combine(*out)
 
-  def __call__(self, x: Array, *, positions: Array | None = None,
-               mask: masks.Mask | None = None, head_mask: Array | None = None,
-               bias: Array | None = None, decode: bool = False, return_weights: bool = False,
-               deterministic: bool = True) -> Any:
+  def __call__(self, x: Float[Array, "B T E"], *, positions: Int[Array, "*B T"] | None = None,
+               mask: masks.Mask | None = None, head_mask: Float[Array, "*B H"] | None = None,
+               bias: Float[Array, "#B #H #T #S"] | None = None, decode: bool = False,
+               return_weights: bool = False, deterministic: bool = True
+               ) -> Float[Array, "B T E"] | tuple[Float[Array, "B T E"], Float[Array, "B H T S"]]:
     """``x [B, T, d_model]`` -> ``[B, T, d_model]`` (or ``(out, weights [B, H, T, S])`` for
     mixers that have attention weights; others raise on ``return_weights``)."""
     del deterministic
