@@ -10,6 +10,7 @@ from attnlab.core import masks, registry
 from attnlab.core.api import attention, choose_implementation
 from attnlab.core.chunked import chunked_attention
 from attnlab.core.common import alibi_slopes
+from attnlab.core.dot_product_attention import dot_product_attention
 from attnlab.core import mechanisms  # noqa: F401  (registers every mechanism)
 from attnlab.core import pooling  # noqa: F401  (registers the pooling heads)
 from attnlab.core import variants  # noqa: F401  (registers the block variants)
@@ -21,5 +22,5 @@ from attnlab.core.registry import (get_mechanism, list_mechanisms, register_impl
 __all__ = [
     "attention", "choose_implementation", "masks", "list_mechanisms", "get_mechanism",
     "register_mechanism", "register_implementation", "softmax_attention", "sigmoid_attention",
-    "chunked_attention", "alibi_slopes",
+    "chunked_attention", "alibi_slopes", "dot_product_attention",
 ]
