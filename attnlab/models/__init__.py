@@ -68,6 +68,7 @@ from attnlab.models import builder
 from attnlab.models.config import complete, default_model_config, validate_model_config
 from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderClassifier
+from attnlab.models.generate import generate
 from attnlab.models.pooling import list_poolings, register_pooling
 from attnlab.models.wide_deep import wide_deep_configs
 
@@ -95,4 +96,4 @@ def count_params(module: nnx.Module) -> int:
 
 __all__ = ["build_model", "default_model_config", "validate_model_config", "count_params",
            "list_models", "DecoderLM", "EncoderClassifier", "builder", "complete",
-           "list_poolings", "register_pooling", "wide_deep_configs"]
+           "list_poolings", "register_pooling", "wide_deep_configs", "generate"]
