@@ -379,7 +379,7 @@ class AttentionContractBase(chex.TestCase):
       chex.assert_tree_all_finite(grads)
       chex.assert_trees_all_equal_shapes_and_dtypes(grads, (q, k, v))
     # Padded query rows see no key: zeros, by attnlab's contract.
-    np.testing.assert_array_equal(_f32(out[0, g.tq - 2:]), 0.0)
+    chex.assert_trees_all_equal(_f32(out[0, g.tq - 2:]), 0.0)
     if self.is_reference:
       return
     ref = lambda q, k, v: self.attend(q, k, v, implementation=REFERENCE, mask=m)
@@ -466,8 +466,8 @@ class AttentionContractBase(chex.TestCase):
       a, (_, dk, dv) = run(q, k, v, ct)
       b, _ = run(q, k2, v2, ct)
       for name, grad in (("dk", dk), ("dv", dv)):
-        np.testing.assert_array_equal(_f32(jnp.where(sel, grad, 0.0)), 0.0,
-                                      err_msg=f"{name} of masked keys")
+        chex.assert_trees_all_equal(_f32(jnp.where(sel, grad, 0.0)), 0.0,
+                                    custom_message=f"{name} of masked keys")
     chex.assert_trees_all_equal(jnp.where(rmask, a, 0.0), jnp.where(rmask, b, 0.0))
 
   def test_batch_permutation(self):
@@ -494,7 +494,7 @@ class AttentionContractBase(chex.TestCase):
     assert_close(out, want, TOL[jnp.dtype(jnp.float32)], "output with return_weights")
     # Causal: no weight on future keys.
     future = np.triu(np.ones((g.tq, g.tk), bool), 1)
-    np.testing.assert_array_equal(_f32(w)[..., future], 0.0)
+    chex.assert_trees_all_equal(_f32(w)[..., future], 0.0)
 
   # -- refusals ---------------------------------------------------------------------------
 

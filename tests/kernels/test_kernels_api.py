@@ -1,6 +1,7 @@
 """``attnlab.attention(..., implementation="pallas")``: registration, dispatch, refusals,
 and the parts of the contract handled around the kernel (head masks, weights, q_offset)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def test_attention_pallas_matches_reference():
       a, b, c, implementation="pallas", return_weights=True, **kw), q, k, v)
   want, want_w = attnlab.attention(q, k, v, implementation="xla", return_weights=True, **kw)
   assert_close(got, want, jnp.float32, "out")
-  np.testing.assert_allclose(np.asarray(weights), np.asarray(want_w), rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_close(np.asarray(weights), np.asarray(want_w), rtol=1e-6, atol=1e-6)
   assert np.all(np.asarray(got[:, :, 1]) == 0.0)  # head_mask 0
 
 

@@ -5,6 +5,7 @@ uninitialised buffers with NaN, so reading an output or scratch block that the k
 wrote shows up as a NaN. It is slower than the generic interpreter: cases are small.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +61,6 @@ def test_mosaic_visits_match_triton():
       kernel_backend=backend, debug_counts=True), q, k, v)
   out_m, counts_m = run("mosaic")
   out_t, counts_t = run("triton")
-  np.testing.assert_array_equal(np.asarray(counts_m), np.asarray(counts_t))
-  np.testing.assert_allclose(np.asarray(out_m), np.asarray(out_t), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_equal(np.asarray(counts_m), np.asarray(counts_t))
+  chex.assert_trees_all_close(np.asarray(out_m), np.asarray(out_t), rtol=1e-5, atol=1e-5)
   assert int(np.asarray(counts_m).sum()) < 16  # 4x4 tiles, window of 20 keys: some skipped

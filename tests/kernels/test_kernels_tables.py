@@ -2,6 +2,7 @@
 dense mask, in-kernel mask evaluation vs ``Mask.allowed``, and the forward kernel's own count
 of the tiles it processed (``debug_counts``)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +57,7 @@ def test_static_tables_match_naive(name):
   got = tile_states(mask, tq, tk, bq, bk, nq, nk)
   assert isinstance(got, np.ndarray)  # static masks give trace-time tables
   want = naive_states(mask, tq, tk, bq, bk, nq, nk, batch=2)
-  np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want)
+  chex.assert_trees_all_equal(np.broadcast_to(got, want.shape), want)
 
 
 def test_data_dependent_tables_are_conservative():
@@ -84,7 +85,7 @@ def test_build_table_orders_groups(partial_first):
       full, part = np.flatnonzero(row == FULL), np.flatnonzero(row == PARTIAL)
       first, second = (part, full) if partial_first else (full, part)
       assert n_first[b, r] == len(first) and n_tot[b, r] == len(full) + len(part)
-      np.testing.assert_array_equal(table[b, r, :n_tot[b, r]], np.r_[first, second])
+      chex.assert_trees_all_equal(table[b, r, :n_tot[b, r]], np.r_[first, second])
       pad = table[b, r, n_tot[b, r]:]
       last = table[b, r, n_tot[b, r] - 1] if n_tot[b, r] else 0
       assert np.all(pad == last)  # no new DMA on TPU for the padding steps
@@ -95,10 +96,10 @@ def test_causal_tables_are_contiguous_runs():
   (table, n_first, n_tot), steps, _, partial_first, contiguous = table_layout(states)
   assert contiguous and not partial_first and steps == 7  # q rows: keys 0..i, FULL first
   table = np.asarray(table).reshape(7, steps)
-  np.testing.assert_array_equal(table[3, :4], [0, 1, 2, 3])
+  chex.assert_trees_all_equal(table[3, :4], np.asarray([0, 1, 2, 3]))
   (table_t, _, _), _, _, partial_first_t, contiguous_t = table_layout(states.transpose(0, 2, 1))
   assert contiguous_t and partial_first_t  # k columns: diagonal (PARTIAL) then queries below
-  np.testing.assert_array_equal(np.asarray(table_t).reshape(7, 7)[3, :4], [3, 4, 5, 6])
+  chex.assert_trees_all_equal(np.asarray(table_t).reshape(7, 7)[3, :4], np.asarray([3, 4, 5, 6]))
   window = tile_states(masks.SlidingWindowMask(40), 100, 100, 16, 16, 7, 7)
   assert not table_layout(window)[4]  # PARTIAL tiles on both ends: indexed through the table
 
@@ -108,9 +109,9 @@ def test_traced_tables_match_static():
   t_np, f_np, n_np, steps = build_table(states)
   table_j, full_j, tot_j = jax.jit(lambda s: build_table(s)[:3])(states)
   assert table_j.shape[-1] == states.shape[-1]  # traced: one step per k block
-  np.testing.assert_array_equal(np.asarray(full_j), f_np)
-  np.testing.assert_array_equal(np.asarray(tot_j), n_np)
-  np.testing.assert_array_equal(np.asarray(table_j)[..., :steps], t_np)
+  chex.assert_trees_all_equal(np.asarray(full_j), f_np)
+  chex.assert_trees_all_equal(np.asarray(tot_j), n_np)
+  chex.assert_trees_all_equal(np.asarray(table_j)[..., :steps], t_np)
 
 
 ALL_MASKS = {
@@ -137,7 +138,7 @@ def test_compiled_mask_matches_allowed(name):
         k_vec=lambda n: compiled.k_vecs[n][b][k_pos][None, :])
     got = np.broadcast_to(kernel_masks.evaluate(compiled.program, ctx), (16, 26))
     want = np.asarray(mask.allowed(q_pos, k_pos))
-    np.testing.assert_array_equal(got, want[min(b, want.shape[0] - 1)])
+    chex.assert_trees_all_equal(got, want[min(b, want.shape[0] - 1)])
 
 
 def test_unsupported_masks_are_refused():
@@ -162,8 +163,8 @@ def test_kernel_skips_empty_tiles(name):
   want = naive_states(mask, t, t, bq, bk, nq, nk, batch=1)[0]
   counts = np.asarray(counts)  # [B, H, nq, 2]: (FULL visits, PARTIAL visits)
   for h in range(2):
-    np.testing.assert_array_equal(counts[0, h, :, 0], (want == FULL).sum(-1))
-    np.testing.assert_array_equal(counts[0, h, :, 1], (want == PARTIAL).sum(-1))
+    chex.assert_trees_all_equal(counts[0, h, :, 0], (want == FULL).sum(-1))
+    chex.assert_trees_all_equal(counts[0, h, :, 1], (want == PARTIAL).sum(-1))
   assert counts[0, 0].sum() == (want != EMPTY).sum() < nq * nk
 
 
@@ -178,6 +179,6 @@ def test_kernel_skips_per_batch_with_segments():
   states = np.asarray(tile_states(mask, 100, 100, 16, 16, 7, 7))
   counts = np.asarray(counts)
   for b in range(2):
-    np.testing.assert_array_equal(counts[b, 0, :, 0], (states[b] == FULL).sum(-1))
-    np.testing.assert_array_equal(counts[b, 0, :, 1], (states[b] == PARTIAL).sum(-1))
+    chex.assert_trees_all_equal(counts[b, 0, :, 0], (states[b] == FULL).sum(-1))
+    chex.assert_trees_all_equal(counts[b, 0, :, 1], (states[b] == PARTIAL).sum(-1))
   assert counts[0, 0].sum() != counts[1, 0].sum()  # the two batch rows skip differently

@@ -54,7 +54,7 @@ def test_future_tokens_do_not_change_past_logits(model):
   a = tokens()
   b = a.at[:, 5].set((a[:, 5] + 1) % V)
   la, lb = fwd(model, a), fwd(model, b)
-  np.testing.assert_allclose(la[:, :5], lb[:, :5], atol=1e-6)
+  chex.assert_trees_all_close(la[:, :5], lb[:, :5], rtol=1e-7, atol=1e-6)
   assert not np.allclose(la[:, 5:], lb[:, 5:])
 
 
@@ -71,8 +71,8 @@ def test_greedy_kv_cache_decoding_matches_full_forward(position):
     logits.append(step(m, nxt))
   step_logits = jnp.concatenate(logits[:-1], axis=1)  # logits for positions 0 .. T-2
   full = fwd(m, seq)
-  np.testing.assert_allclose(step_logits, full[:, :T - 1], atol=1e-4)
-  np.testing.assert_allclose(logits[-1][:, 0], full[:, T - 1], atol=1e-4)
+  chex.assert_trees_all_close(step_logits, full[:, :T - 1], rtol=1e-7, atol=1e-4)
+  chex.assert_trees_all_close(logits[-1][:, 0], full[:, T - 1], rtol=1e-7, atol=1e-4)
   assert int(m.cache_index[...]) == T
 
 
@@ -88,7 +88,7 @@ def test_one_compilation_serves_every_head_mask(model):
   ablate = ones.at[1, 2].set(0.0)
   a, b = apply(state, toks, ones), apply(state, toks, ablate)
   assert apply._cache_size() == 1
-  np.testing.assert_allclose(a, fwd(model, toks), atol=1e-5)
+  chex.assert_trees_all_close(a, fwd(model, toks), rtol=1e-7, atol=1e-5)
   assert not np.allclose(a, b)
   # Per-example masks [L, B, H] are another shape: one more compilation, not one per mask.
   apply(state, toks, jnp.ones((L, B, H)))
@@ -104,7 +104,7 @@ def test_head_mask_equals_removing_head_from_output_projection(model):
   surgery = nnx.clone(model)
   o = surgery.stack.blocks[1].attention.o.kernel
   o[...] = o[...].at[2].set(0.0)
-  np.testing.assert_allclose(masked, fwd(surgery, toks), atol=1e-5)
+  chex.assert_trees_all_close(masked, fwd(surgery, toks), rtol=1e-7, atol=1e-5)
 
 
 def test_attn_biases_routed_per_layer(model):
@@ -112,7 +112,7 @@ def test_attn_biases_routed_per_layer(model):
   bias = jax.random.normal(jax.random.key(4), (1, H, T, T))
   as_list = fwd(model, toks, attn_biases=[None, bias])
   as_array = fwd(model, toks, attn_biases=jnp.stack([jnp.zeros_like(bias), bias]))
-  np.testing.assert_allclose(as_list, as_array, atol=1e-5)
+  chex.assert_trees_all_close(as_list, as_array, rtol=1e-7, atol=1e-5)
   assert not np.allclose(as_list, fwd(model, toks))
   with pytest.raises(ValueError, match="one entry"):
     fwd(model, toks, attn_biases=[bias])
@@ -126,9 +126,9 @@ def test_recorded_weights(model):
   assert set(weights) == {1}
   w = weights[1]
   chex.assert_shape(w, (B, H, T, T))
-  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
-  np.testing.assert_array_equal(np.triu(np.asarray(w), k=1), 0.0)  # causal
-  np.testing.assert_allclose(logits, fwd(model, toks), atol=1e-6)
+  chex.assert_trees_all_close(w.sum(-1), 1.0, rtol=1e-7, atol=1e-5)
+  chex.assert_trees_all_equal(np.triu(np.asarray(w), k=1), 0.0)  # causal
+  chex.assert_trees_all_close(logits, fwd(model, toks), rtol=1e-7, atol=1e-6)
   with pytest.raises(ValueError, match="record_weights_layers"):
     fwd(model, toks, record_weights_layers=(5,))
 
@@ -139,8 +139,8 @@ def test_segment_ids_isolate_packed_documents(model):
   seg = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2]])
   pos = jnp.array([[0, 1, 2, 0, 1, 2, 3, 4]])
   out = fwd(model, packed, segment_ids=seg, positions=pos)
-  np.testing.assert_allclose(out[:, 3:], fwd(model, doc2), atol=1e-5)
-  np.testing.assert_allclose(out[:, :3], fwd(model, doc1), atol=1e-5)
+  chex.assert_trees_all_close(out[:, 3:], fwd(model, doc2), rtol=1e-7, atol=1e-5)
+  chex.assert_trees_all_close(out[:, :3], fwd(model, doc1), rtol=1e-7, atol=1e-5)
 
 
 def test_tied_embeddings_and_bf16():
@@ -153,7 +153,7 @@ def test_tied_embeddings_and_bf16():
   assert all(p.dtype == jnp.float32 for p in params)
   # Same parameters in float32 compute give close logits.
   m32 = tiny_model(tie_embeddings=True)
-  np.testing.assert_allclose(out, fwd(m32, tokens()), atol=0.05)
+  chex.assert_trees_all_close(out, fwd(m32, tokens()), rtol=1e-7, atol=0.05)
 
 
 def test_dropout_in_training_mode():
@@ -161,7 +161,7 @@ def test_dropout_in_training_mode():
   toks = tokens()
   a = fwd(m, toks, deterministic=False)
   assert not np.allclose(a, fwd(m, toks))
-  np.testing.assert_array_equal(fwd(m, toks), fwd(m, toks))
+  chex.assert_trees_all_equal(fwd(m, toks), fwd(m, toks))
 
 
 def test_bad_inputs(model):
@@ -178,9 +178,9 @@ def test_absolute_position_embeddings():
   m = tiny_model(position="sinusoidal")
   toks, pos = tokens(), jnp.arange(T)[None]
   want = m.embedder.tokens(toks) + sinusoidal_embedding(pos, 16)
-  np.testing.assert_allclose(m.embedder(toks, pos), want, atol=1e-6)
+  chex.assert_trees_all_close(m.embedder(toks, pos), want, rtol=1e-7, atol=1e-6)
   m = tiny_model(position="learned")
   want = m.embedder.tokens(toks) + m.embedder.learned.embed.embedding[...][:T][None]
-  np.testing.assert_allclose(m.embedder(toks, pos), want, atol=1e-6)
+  chex.assert_trees_all_close(m.embedder(toks, pos), want, rtol=1e-7, atol=1e-6)
   with pytest.raises(ValueError, match="exceeds max_len 16"):
     m(jnp.zeros((1, 17), jnp.int32))

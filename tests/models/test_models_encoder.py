@@ -41,11 +41,11 @@ def test_padded_tokens_do_not_change_logits(pooling):
   la, lb = fwd(m, a, lengths=lengths), fwd(m, b, lengths=lengths)
   chex.assert_shape(la, (B, C))
   assert la.dtype == jnp.float32
-  np.testing.assert_allclose(la, lb, atol=1e-5)
+  chex.assert_trees_all_close(la, lb, rtol=1e-7, atol=1e-5)
   # The same through a weights mask; and the padding really is masked (no mask: differs).
   w = (jnp.arange(T)[None] < lengths[:, None]).astype(jnp.float32)
-  np.testing.assert_allclose(fwd(m, a, weights=w), la, atol=1e-5)
-  np.testing.assert_allclose(fwd(m, b, weights=w), la, atol=1e-5)
+  chex.assert_trees_all_close(fwd(m, a, weights=w), la, rtol=1e-7, atol=1e-5)
+  chex.assert_trees_all_close(fwd(m, b, weights=w), la, rtol=1e-7, atol=1e-5)
   assert not np.allclose(fwd(m, a)[0], fwd(m, b)[0])
 
 
@@ -54,7 +54,7 @@ def test_padding_equals_unpadded_sequence():
   a = tokens()
   padded = fwd(m, a, lengths=jnp.array([5, 8]))
   alone = m(a[:1, :5])
-  np.testing.assert_allclose(padded[0], alone[0], atol=1e-5)
+  chex.assert_trees_all_close(padded[0], alone[0], rtol=1e-7, atol=1e-5)
 
 
 def test_bidirectional_and_recorded_weights():
@@ -66,8 +66,8 @@ def test_bidirectional_and_recorded_weights():
   logits, rec = fwd(m, a, lengths=jnp.array([5, 8]), record_weights_layers=(0,))
   w = rec[0]
   chex.assert_shape(w, (B, H, T, T))
-  np.testing.assert_array_equal(w[0, :, :, 5:], 0.0)  # padded keys get no weight
-  np.testing.assert_allclose(w[1].sum(-1), 1.0, atol=1e-5)
+  chex.assert_trees_all_equal(w[0, :, :, 5:], 0.0)  # padded keys get no weight
+  chex.assert_trees_all_close(w[1].sum(-1), 1.0, rtol=1e-7, atol=1e-5)
   # Head masks are traced inputs here too.
   masked = fwd(m, a, head_masks=jnp.ones((L, H)).at[0, 0].set(0.0))
   assert not np.allclose(masked, fwd(m, a, head_masks=jnp.ones((L, H))))

@@ -100,7 +100,7 @@ class MHAVariantsTest(chex.TestCase):
 
     want, _, _ = naive_mha(mod, x, causal=causal, rope=position == "rope",
                            alibi=position == "alibi")
-    np.testing.assert_allclose(fwd(state, x), want, atol=2e-5)
+    chex.assert_trees_all_close(fwd(state, x), want, rtol=1e-7, atol=2e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_head_mask_zeroes_head(self):
@@ -119,9 +119,9 @@ class MHAVariantsTest(chex.TestCase):
     want = full.copy()
     want[0] -= contrib[0, :, 1]
     want[1] -= contrib[1, :, 3]
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    chex.assert_trees_all_close(got, want, rtol=1e-7, atol=2e-5)
     want_naive, _, _ = naive_mha(mod, x, causal=True, rope=True, head_mask=head_mask)
-    np.testing.assert_allclose(got, want_naive, atol=2e-5)
+    chex.assert_trees_all_close(got, want_naive, rtol=1e-7, atol=2e-5)
 
 
 def test_gqa_equals_mha_with_repeated_kv_weights():
@@ -132,7 +132,7 @@ def test_gqa_equals_mha_with_repeated_kv_weights():
   mha.k.kernel[...] = jnp.repeat(gqa.k.kernel[...], 2, axis=1)
   mha.v.kernel[...] = jnp.repeat(gqa.v.kernel[...], 2, axis=1)
   x = x_input()
-  np.testing.assert_allclose(gqa(x), mha(x), atol=1e-5)
+  chex.assert_trees_all_close(gqa(x), mha(x), rtol=1e-7, atol=1e-5)
 
 
 def test_recorded_weights_sum_to_one_and_match_jax_nn():
@@ -140,8 +140,8 @@ def test_recorded_weights_sum_to_one_and_match_jax_nn():
   x = x_input()
   out, w = mod(x, return_weights=True)
   chex.assert_shape(w, (B, H, T, T))
-  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
-  np.testing.assert_allclose(out, mod(x), atol=1e-6)
+  chex.assert_trees_all_close(w.sum(-1), 1.0, rtol=1e-7, atol=1e-5)
+  chex.assert_trees_all_close(out, mod(x), rtol=1e-7, atol=1e-6)
   # jax.nn.dot_product_attention with one-hot values returns the weights themselves.
   q, k = mod.q(x), mod.k(x)
   # v must have q's head_dim, so read D columns of the weights at a time.
@@ -151,7 +151,7 @@ def test_recorded_weights_sum_to_one_and_match_jax_nn():
     onehot = jnp.broadcast_to(eye[None, :, None, c:c + D], (B, T, 2, D))
     cols.append(jax.nn.dot_product_attention(q, k, onehot, is_causal=True))
   ref = jnp.concatenate(cols, axis=-1)[..., :T]  # [B, Tq, H, Tk]
-  np.testing.assert_allclose(w, ref.transpose(0, 2, 1, 3), atol=1e-5)
+  chex.assert_trees_all_close(w, ref.transpose(0, 2, 1, 3), rtol=1e-7, atol=1e-5)
 
 
 def test_sigmoid_mechanism_and_kwargs():
@@ -159,8 +159,8 @@ def test_sigmoid_mechanism_and_kwargs():
   x = x_input()
   want, p, _ = naive_mha(mod, x, causal=True, mechanism="sigmoid", sigmoid_bias=-1.5)
   out, w = mod(x, return_weights=True)
-  np.testing.assert_allclose(out, want, atol=2e-5)
-  np.testing.assert_allclose(w, p, atol=1e-5)
+  chex.assert_trees_all_close(out, want, rtol=1e-7, atol=2e-5)
+  chex.assert_trees_all_close(w, p, rtol=1e-7, atol=1e-5)
 
 
 def test_sliding_window_and_bias_match_naive():
@@ -168,10 +168,10 @@ def test_sliding_window_and_bias_match_naive():
   x = x_input()
   bias = jax.random.normal(jax.random.key(3), (1, H, T, T))
   want, _, _ = naive_mha(mod, x, causal=True, window=3, bias=bias)
-  np.testing.assert_allclose(mod(x, bias=bias), want, atol=2e-5)
+  chex.assert_trees_all_close(mod(x, bias=bias), want, rtol=1e-7, atol=2e-5)
   enc = make(causal=False, sliding_window=2, head_dim=6)  # head_dim != d_model / heads
   want, _, _ = naive_mha(enc, x, window=2)
-  np.testing.assert_allclose(enc(x), want, atol=2e-5)
+  chex.assert_trees_all_close(enc(x), want, rtol=1e-7, atol=2e-5)
 
 
 def test_extra_mask_is_anded():
@@ -181,8 +181,8 @@ def test_extra_mask_is_anded():
   fwd = nnx.jit(lambda m, x, mask=None: m(x, mask=mask))
   y = fwd(mod, x, masks.SegmentMask(seg))
   # Second segment of row 0 computed alone equals its slice.
-  np.testing.assert_allclose(y[0, 3:], fwd(mod, x[:1, 3:])[0], atol=1e-5)
-  np.testing.assert_allclose(y[1], fwd(mod, x)[1], atol=1e-5)
+  chex.assert_trees_all_close(y[0, 3:], fwd(mod, x[:1, 3:])[0], rtol=1e-7, atol=1e-5)
+  chex.assert_trees_all_close(y[1], fwd(mod, x)[1], rtol=1e-7, atol=1e-5)
 
 
 @pytest.mark.parametrize("position, window", [("rope", 3), ("alibi", None)])
@@ -195,7 +195,7 @@ def test_kv_cache_decode_matches_full_forward(position, window):
   outs = [step(mod, x[:, :3])]  # prefill 3
   for t in range(3, T):
     outs.append(step(mod, x[:, t:t + 1]))
-  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5)
+  chex.assert_trees_all_close(jnp.concatenate(outs, axis=1), full, rtol=1e-7, atol=2e-5)
   assert int(mod.cache_index[...]) == T
 
 
@@ -226,7 +226,7 @@ def test_bf16_compute():
   assert y.dtype == jnp.bfloat16
   assert mod.q.kernel[...].dtype == jnp.float32
   want, _, _ = naive_mha(mod, x, causal=True, rope=True)
-  np.testing.assert_allclose(y.astype(jnp.float32), want, atol=0.1)
+  chex.assert_trees_all_close(y.astype(jnp.float32), want, rtol=1e-7, atol=0.1)
 
 
 @pytest.mark.parametrize("kw, err, match", [
@@ -261,7 +261,7 @@ def test_accepted_kwargs_from_signatures():
              causal=True)
   ref = make(implementation="xla", causal=True)
   x = x_input()
-  np.testing.assert_allclose(mod(x), ref(x), atol=1e-5)
+  chex.assert_trees_all_close(mod(x), ref(x), rtol=1e-7, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

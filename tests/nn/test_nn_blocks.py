@@ -1,5 +1,6 @@
 """TransformerBlock vs a hand-written pre-LN block from its own parameters."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,13 +48,13 @@ def test_block_matches_manual_pre_ln(norm, mlp):
   h = np_norm(x, block.norm1, norm)
   x1 = np.asarray(x) + np.asarray(call(block.attention, jnp.asarray(h, jnp.float32)))
   want = x1 + np_mlp(np_norm(x1, block.norm2, norm), block.mlp, mlp)
-  np.testing.assert_allclose(call(block, x), want, atol=1e-4)
+  chex.assert_trees_all_close(call(block, x), want, rtol=1e-7, atol=1e-4)
 
 
 def test_dropout_only_when_not_deterministic():
   block = make_block(dropout=0.5)
   x = jax.random.normal(jax.random.key(0), (2, 5, E))
-  np.testing.assert_array_equal(block(x), block(x, deterministic=True))
+  chex.assert_trees_all_equal(block(x), block(x, deterministic=True))
   a, b = block(x, deterministic=False), block(x, deterministic=False)
   assert not np.allclose(a, block(x))
   assert not np.allclose(a, b)  # fresh masks each call
@@ -67,7 +68,7 @@ def test_block_returns_weights_and_passes_head_mask():
   # With every head masked the attention branch is zero: only the MLP branch remains.
   x1 = np.asarray(x, np.float64)
   want = x1 + np_mlp(np_norm(x1, block.norm2, "layernorm"), block.mlp, "gelu")
-  np.testing.assert_allclose(y, want, atol=1e-4)
+  chex.assert_trees_all_close(y, want, rtol=1e-7, atol=1e-4)
 
 
 def test_factories_and_registration():

@@ -1,8 +1,8 @@
 """Auxiliary losses sown by modules ("aux_loss" intermediates) enter the training objective."""
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from attnlab.nn.attention import MultiHeadAttention, register_attention_module
@@ -35,5 +35,5 @@ def test_train_loss_is_cross_entropy_plus_sown_terms(make_config):
   ce = float(stats["loss_sum"]) / float(stats["weight_sum"])
   _, metrics = setup.train_step(state, batch)
   # Two layers each sow AUX once per forward pass.
-  np.testing.assert_allclose(float(metrics["train/aux_loss"]), 2 * AUX, rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["train/loss"]), ce + 2 * AUX, rtol=1e-5)
+  chex.assert_trees_all_close(float(metrics["train/aux_loss"]), 2 * AUX, rtol=1e-6)
+  chex.assert_trees_all_close(float(metrics["train/loss"]), ce + 2 * AUX, rtol=1e-5)

@@ -8,6 +8,7 @@ persistent compilation cache); host-side keys (log/eval/checkpoint cadence) do n
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_restore_gives_identical_next_step_and_batches(make_config, tmp_path):
   assert step == 2 and int(restored["step"]) == 2
   batch = next(it2)
   for k in expected_batch:
-    np.testing.assert_array_equal(batch[k], expected_batch[k])
+    chex.assert_trees_all_equal(batch[k], expected_batch[k])
   _, m2 = setup.train_step(restored, setup.global_batch(batch))
   assert float(m2["train/loss"]) == expected_loss
   # Restored arrays keep the configured shardings.

@@ -255,15 +255,24 @@ def flash_sigmoid_attention(q, k, v, **kwargs):
   return flash_attention(q, k, v, normalizer="sigmoid", **kwargs)
 
 
+def _supports(normalizer: str):
+  """``supports`` of one mechanism's pallas implementation: the mechanism sets the normaliser,
+  so a call passing ``normalizer`` (or the other mechanism's ``sigmoid_bias``) is refused."""
+  refused = ("normalizer",) if normalizer == "sigmoid" else ("normalizer", "sigmoid_bias")
+
+  def supports(**call: Any) -> str | None:
+    bad = sorted(set(call) & set(refused))
+    if bad:
+      return f"unexpected arguments {bad}"
+    return unsupported_reason(normalizer=normalizer, **call)
+  return supports
+
+
 def _register() -> None:
-  registry.register_implementation(
-      "softmax", "pallas", flash_softmax_attention,
-      supports=lambda **call: unsupported_reason(normalizer="softmax", **call),
-      auto_platforms=("gpu", "tpu"))
-  registry.register_implementation(
-      "sigmoid", "pallas", flash_sigmoid_attention,
-      supports=lambda **call: unsupported_reason(normalizer="sigmoid", **call),
-      auto_platforms=("gpu", "tpu"))
+  registry.register_implementation("softmax", "pallas", flash_softmax_attention,
+                                   supports=_supports("softmax"), auto_platforms=("gpu", "tpu"))
+  registry.register_implementation("sigmoid", "pallas", flash_sigmoid_attention,
+                                   supports=_supports("sigmoid"), auto_platforms=("gpu", "tpu"))
 
 
 _register()
