@@ -13,6 +13,21 @@ with ``lax`` loops instead of a kernel:
 
 The same loops serve sigmoid attention (``normalizer="sigmoid"``), which needs no statistics.
 ALiBi slopes, scale and soft-cap are not differentiated (their cotangent is zero).
+
+Autodiff: reverse mode only (``jax.grad`` / ``jax.vjp``). Forward mode (``jax.jvp``,
+``jax.jacfwd``, ``jax.hessian``) is impossible through a ``jax.custom_vjp``, so the registry's
+``supports`` refuses JVP-traced inputs (``forward_mode_reason``): ``implementation="auto"`` then
+picks the dense "xla" path and an explicit ``implementation="chunked"`` raises a ValueError.
+Two cases cannot be detected when the implementation is chosen: ``jax.linearize`` (traced
+exactly like ``jax.grad``; evaluating the linear function raises JAX's "can't apply
+forward-mode autodiff (jvp) to a custom_vjp function") and ``jax.jvp`` of a ``jax.jit``-ed
+function (traced before the JVP). Pass ``implementation="xla"`` there.
+
+Sharding: works under ``jit`` with inputs sharded over an explicit-axis mesh
+(``jax.sharding.AxisType.Explicit``, ``jax.make_mesh``'s default), an auto mesh,
+``jax.shard_map`` and ``jax.pmap``. Under an explicit mesh, batch and head dims stay sharded;
+sequence and feature dims are gathered (``jax.sharding.reshard``) for the call, and the loop
+carries are created with the inputs' sharding.
 """
 
 from __future__ import annotations
@@ -152,6 +167,27 @@ class _Tiles:
     return out
 
 
+FORWARD_MODE_REASON = ("forward-mode autodiff (jax.jvp) is not supported by this custom_vjp "
+                       "implementation; use implementation='xla'")
+
+
+def _is_jvp_traced(x, depth: int = 0) -> bool:
+  """Whether ``x`` is a JVP tracer, possibly under vmap / shard_map tracers (``.val``)."""
+  if not isinstance(x, jax.core.Tracer) or depth > 16:
+    return False
+  if isinstance(x, jax.interpreters.ad.JVPTracer):
+    return True
+  return any(_is_jvp_traced(getattr(x, name, None), depth + 1) for name in ("val", "primal"))
+
+
+def forward_mode_reason(*trees) -> str | None:
+  """``FORWARD_MODE_REASON`` when any leaf is traced by ``jax.jvp`` (also ``jax.jacfwd``),
+  else None. For the ``supports`` of custom_vjp implementations ("chunked", "pallas")."""
+  if any(_is_jvp_traced(leaf) for leaf in jax.tree.leaves(trees)):
+    return FORWARD_MODE_REASON
+  return None
+
+
 def _varying_axes(*trees) -> tuple:
   """Mesh axes over which any input varies inside ``shard_map`` (empty outside it)."""
   axes = set()
@@ -166,7 +202,70 @@ def _vary(tree, axes: tuple):
   """Mark loop-carry initial values as varying like the loop body's outputs (shard_map)."""
   if not axes:
     return tree
-  return jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), tree)
+
+  def vary(x):
+    missing = tuple(a for a in axes if a not in _varying_axes(x))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+  return jax.tree.map(vary, tree)
+
+
+def _explicit_spec(x) -> tuple | None:
+  """``x``'s sharding spec padded to its rank when an explicit mesh axis shards it, else None."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is None or all(p is None for p in spec):
+    return None
+  return tuple(spec) + (None,) * (jnp.ndim(x) - len(spec))
+
+
+def _is_explicit(*trees) -> bool:
+  """Whether any input is sharded over an explicit-axis mesh (``jax.sharding.AxisType.Explicit``,
+  the default of ``jax.make_mesh``). Under ``jit`` its type then carries the sharding."""
+  return any(_explicit_spec(leaf) is not None for leaf in jax.tree.leaves(trees))
+
+
+def _zeros(shape, dtype, like, dims):
+  """Zeros whose dim ``n`` is sharded like ``like``'s dim ``dims[n]`` (None: unsharded) under an
+  explicit-axis mesh; plain zeros otherwise."""
+  spec = _explicit_spec(like)
+  if spec is None:
+    return jnp.zeros(shape, dtype)
+  return jnp.zeros(shape, dtype, out_sharding=jax.sharding.PartitionSpec(
+      *(None if d is None else spec[d] for d in dims)))
+
+
+def _keep_sharded(x, dims):
+  """Under an explicit-axis mesh, gather every dim of ``x`` not in ``dims`` (the loops slice
+  the sequence and contract the feature dims; batch and heads stay sharded)."""
+  spec = _explicit_spec(x)
+  if spec is None or all(p is None for n, p in enumerate(spec) if n not in dims):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.PartitionSpec(
+      *(p if n in dims else None for n, p in enumerate(spec))))
+
+
+def _fit_carry(step, init, explicit: bool):
+  """Reshard loop-carry initial values to the sharding the loop body gives them.
+
+  Under an explicit-axis mesh an array's type includes its sharding, and ``lax`` loops require
+  the carry's input and output types to be equal; zeros created from shapes are replicated
+  while the body's outputs follow the (e.g. batch-sharded) inputs. ``step(index, carry)`` is
+  the loop body (returning the new carry); it is only traced abstractly (``jax.eval_shape``).
+  """
+  if not explicit:
+    return init
+  norm = lambda x, spec: tuple(spec or ()) + (None,) * (len(x.shape) - len(spec or ()))
+  for _ in range(3):  # a sharding can flow through the carry; settles in one or two rounds
+    out = jax.eval_shape(step, jax.ShapeDtypeStruct((), jnp.int32), init)
+    pairs = list(zip(jax.tree.leaves(init), jax.tree.leaves(out)))
+    want = [norm(o, getattr(o.sharding, "spec", None)) for _, o in pairs]
+    have = [norm(x, jax.typeof(x).sharding.spec) for x, _ in pairs]
+    if want == have:
+      return init
+    init = jax.tree.map(
+        lambda x, o: jax.sharding.reshard(x, jax.sharding.PartitionSpec(
+            *norm(o, getattr(o.sharding, "spec", None)))), init, out)
+  return init
 
 
 def _round_up(n: int, m: int) -> int:
@@ -185,15 +284,16 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
   nq = q.shape[1] // st.block_q
   sig_bias = jnp.float32(st.sigmoid_bias)
   axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask)
+  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask)
 
   tq_pad = q.shape[1]
 
   def q_block(i, carry):
     out_buf, lse_buf = carry
     qi = _block(q, i, st.block_q)
-    o0 = jnp.zeros((b, kh, g, st.block_q, dv), jnp.float32)
-    m0 = jnp.full((b, kh, g, st.block_q), -jnp.inf, jnp.float32)
-    l0 = jnp.zeros((b, kh, g, st.block_q), jnp.float32)
+    o0 = _zeros((b, kh, g, st.block_q, dv), jnp.float32, q, (0, 2, 3, None, None))
+    l0 = _zeros((b, kh, g, st.block_q), jnp.float32, q, (0, 2, 3, None))
+    m0 = l0 - jnp.inf
 
     def body(t, carry):
       o, m, l = carry
@@ -215,7 +315,8 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
                                             preferred_element_type=jnp.float32)
       return o, m_new, l
 
-    o, m, l = jax.lax.fori_loop(0, counts[i], body, _vary((o0, m0, l0), axes))
+    init = _fit_carry(body, _vary((o0, m0, l0), axes), explicit)
+    o, m, l = jax.lax.fori_loop(0, counts[i], body, init)
     if st.normalizer == "sigmoid":
       lse = l
     else:
@@ -228,9 +329,10 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
     lse_buf = jax.lax.dynamic_update_slice_in_dim(lse_buf, lse, i * st.block_q, axis=3)
     return out_buf, lse_buf
 
-  out0 = jnp.zeros((b, tq_pad, kh, g, dv), q.dtype)
-  lse0 = jnp.zeros((b, kh, g, tq_pad), jnp.float32)
-  return jax.lax.fori_loop(0, nq, q_block, _vary((out0, lse0), axes))
+  out0 = _zeros((b, tq_pad, kh, g, dv), q.dtype, q, (0, 1, 2, 3, None))
+  lse0 = _zeros((b, kh, g, tq_pad), jnp.float32, q, (0, 2, 3, 1))
+  init = _fit_carry(q_block, _vary((out0, lse0), axes), explicit)
+  return jax.lax.fori_loop(0, nq, q_block, init)
 
 
 def _backward(st: _Static, res, do):
@@ -241,6 +343,7 @@ def _backward(st: _Static, res, do):
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   sig_bias = jnp.float32(st.sigmoid_bias)
   axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, do)
+  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask, do)
   if st.normalizer == "softmax":
     # delta_i = rowsum(dO * O), [B, K, G, Tq_pad] float32 (fused; no full-size product kept).
     delta = jnp.einsum("bqhgd,bqhgd->bhgq", do.astype(jnp.float32), out.astype(jnp.float32))
@@ -261,8 +364,8 @@ def _backward(st: _Static, res, do):
 
   # One pass over k blocks (FlashAttention-2 order): dk, dv accumulate in the inner loop over
   # the q blocks that see this k block; dq and d bias accumulate in full-size carries.
-  dq0 = _vary(jnp.zeros((b, tq_pad, kh, g, d), jnp.float32), axes)
-  dbias0 = None if bias is None else _vary(jnp.zeros(tiles.bias5.shape, jnp.float32), axes)
+  dq0 = _vary(jnp.zeros_like(q, jnp.float32), axes)
+  dbias0 = None if bias is None else _vary(jnp.zeros_like(tiles.bias5, jnp.float32), axes)
 
   def k_block(carry, j):
     dq_all, dbias = carry
@@ -292,11 +395,12 @@ def _backward(st: _Static, res, do):
 
     dk0 = jnp.zeros((b, st.block_k, kh, d), jnp.float32)
     dv0 = jnp.zeros((b, st.block_k, kh, dv_dim), jnp.float32)
-    dk, dv, dq_all, dbias = jax.lax.fori_loop(
-        0, counts_t[j], body, (*_vary((dk0, dv0), axes), dq_all, dbias))
+    init = _fit_carry(body, (*_vary((dk0, dv0), axes), dq_all, dbias), explicit)
+    dk, dv, dq_all, dbias = jax.lax.fori_loop(0, counts_t[j], body, init)
     return (dq_all, dbias), (dk * st.scale, dv)
 
-  (dq, dbias), (dk, dv) = jax.lax.scan(k_block, (dq0, dbias0), jnp.arange(nk))
+  init = _fit_carry(lambda j, c: k_block(c, j)[0], (dq0, dbias0), explicit)
+  (dq, dbias), (dk, dv) = jax.lax.scan(k_block, init, jnp.arange(nk))
   dq = (dq * st.scale).astype(q.dtype)
   dk = jnp.swapaxes(dk, 0, 1).reshape(k.shape).astype(k.dtype)
   dv = jnp.swapaxes(dv, 0, 1).reshape(v.shape).astype(v.dtype)
@@ -375,6 +479,9 @@ def chunked_attention(
   st = _Static(scale=float(scale), softcap=None if softcap is None else float(softcap),
                block_q=bq, block_k=bk, q_len=tq, kv_len=tk, normalizer=normalizer,
                sigmoid_bias=sigmoid_lib.default_sigmoid_bias(tk, sigmoid_bias))
+  q, k, v = (_keep_sharded(x, (0, 2)) for x in (q, k, v))
+  if bias is not None:
+    bias = _keep_sharded(bias, (0, 1))
   qp = _pad_to(_split_heads(q, kh), 1, nq * bq)
   kp, vp = _pad_to(k, 1, nk * bk), _pad_to(v, 1, nk * bk)
   out = _flash(st, qp, kp, vp, bias, alibi, jnp.asarray(q_offset), mask, jnp.asarray(table),

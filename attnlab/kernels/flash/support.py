@@ -5,7 +5,12 @@ None when the kernel takes the call, else a sentence saying why not (``implement
 then falls back to "chunked"; ``implementation="pallas"`` raises it). Checked: keyword
 arguments, shapes, dtype (``SUPPORTED_DTYPES``), head dims (``SUPPORTED_HEAD_DIMS``), the mask
 (``attnlab.kernels.flash.masks.check_supported``), the driver (``BACKENDS``) against the
-platform, static scale / soft-cap / sigmoid bias, and block sizes.
+platform, static scale / soft-cap / sigmoid bias, block sizes, forward-mode autodiff (the
+kernel is a ``jax.custom_vjp``: JVP-traced inputs are refused, so "auto" picks "xla" under
+``jax.jvp`` / ``jax.jacfwd``) and explicit sharding (inputs sharded over an explicit-axis mesh,
+``jax.make_mesh``'s default, are refused: the kernel body cannot index sharded refs; "auto"
+falls back to "chunked"). Inside ``jax.shard_map`` the kernel runs on the local blocks, but
+only with ``check_vma=False``: varying inputs (``check_vma=True``, the default) are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnlab.core import chunked
 from attnlab.core import common
 from attnlab.kernels.flash import masks
 
@@ -32,6 +38,15 @@ _CONTRACT_KWARGS = ("q", "k", "v", "mask", "bias", "scale", "softcap", "alibi_sl
 
 def _pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
+
+
+def _explicitly_sharded(x) -> bool:
+  """Whether ``x``'s type carries a sharding over an explicit mesh axis (under ``jit``)."""
+  try:
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+  except TypeError:  # not an array-like leaf
+    return False
+  return spec is not None and any(p is not None for p in spec)
 
 
 def default_backend_for_platform(platform: str | None = None) -> str:
@@ -86,6 +101,21 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   for name in ("scale", "softcap", "sigmoid_bias"):
     if isinstance(call.get(name), jax.core.Tracer):
       return f"{name} must be a Python number (it is compiled into the kernel), got a tracer"
+  arrays = {n: call.get(n) for n in ("q", "k", "v", "bias", "alibi_slopes", "q_offset", "mask")}
+  reason = chunked.forward_mode_reason(arrays)
+  if reason:
+    return reason
+  sharded = sorted(n for n, x in arrays.items()
+                   if any(_explicitly_sharded(leaf) for leaf in jax.tree.leaves(x)))
+  if sharded:
+    return (f"{', '.join(sharded)} sharded over an explicit-axis mesh "
+            "(jax.sharding.AxisType.Explicit) is not supported by the Pallas kernel; wrap the "
+            "call in jax.shard_map(..., check_vma=False), or use implementation='chunked' or "
+            "'xla'")
+  if chunked._varying_axes(arrays):  # pylint: disable=protected-access
+    return ("inputs varying over jax.shard_map axes with check_vma=True are not supported by "
+            "the Pallas kernel (pallas_call outputs carry no varying axes); pass "
+            "check_vma=False to jax.shard_map, or use implementation='chunked' or 'xla'")
   platform = jax.default_backend()
   if platform not in ("cpu", "gpu", "tpu"):
     return f"platform {platform!r} has no Pallas lowering"
