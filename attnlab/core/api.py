@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+import math
+import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from attnlab.core import common
@@ -80,6 +86,100 @@ def choose_implementation(mechanism: str, implementation: str, **call: Any) -> s
   raise ValueError(f"no implementation of {mechanism!r} supports this call: {reasons}")
 
 
+class UnknownArgumentError(TypeError, ValueError):
+  """A keyword argument that no implementation of the mechanism takes (usually a typo).
+
+  A ``TypeError`` like Python's own for an unexpected keyword; also a ``ValueError`` so
+  callers that caught the earlier "no implementation supports this call" error still do.
+  """
+
+
+# attention()'s own parameters (besides q, k, v), always valid.
+_ATTENTION_PARAMS = ("mechanism", "mask", "bias", "is_causal", "scale", "implementation",
+                     "softcap", "alibi_slopes", "q_offset", "head_mask", "return_weights")
+
+
+def _impl_keywords(impl: registry.Implementation) -> tuple[set[str], bool]:
+  """(keywords ``impl.fn`` names explicitly, whether it also takes ``**kwargs``)."""
+  try:
+    params = inspect.signature(impl.fn).parameters.values()
+  except (TypeError, ValueError):
+    return set(), True
+  names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+  return names - {"q", "k", "v"}, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _unaccepted(mech: registry.Mechanism, names: set[str], call: dict[str, Any]) -> set[str]:
+  """The ``names`` that no implementation of ``mech`` takes. An implementation with
+  ``**kwargs`` takes a name unless its ``supports`` reports it as an unexpected argument."""
+  left = set(names)
+  for impl in mech.implementations.values():
+    explicit, var_kw = _impl_keywords(impl)
+    left -= explicit
+    if var_kw and left:
+      reason = impl.supports(**call) or ""
+      rejected = ({n for n in left if repr(n) in reason}
+                  if "unexpected argument" in reason else set())
+      left &= rejected
+  return left
+
+
+def check_keywords(mechanism: str, implementation: str, kwargs: dict[str, Any],
+                   call: dict[str, Any]) -> None:
+  """Raise ``UnknownArgumentError`` (a TypeError) for keywords of ``kwargs`` that no
+  implementation of ``mechanism`` takes, listing the valid ones."""
+  mech = registry.get_mechanism(mechanism)
+  if not kwargs or not mech.implementations:
+    return
+  bad = _unaccepted(mech, set(kwargs), call)
+  if bad and not _plugins_loaded:
+    load_plugins()  # a plugin implementation may take them
+    bad = _unaccepted(mech, bad, call)
+  if not bad:
+    return
+  valid = set(_ATTENTION_PARAMS)
+  open_ended = []
+  for impl_name, impl in mech.implementations.items():
+    explicit, var_kw = _impl_keywords(impl)
+    valid |= explicit
+    if var_kw:
+      open_ended.append(impl_name)
+  hints = []
+  for name in sorted(bad):
+    close = difflib.get_close_matches(name, sorted(valid), n=1)
+    if close:
+      hints.append(f"{name!r} -> did you mean {close[0]!r}?")
+  msg = (f"attention() got unexpected keyword argument(s) {sorted(bad)}: no implementation of "
+         f"{mechanism!r} supports {sorted(bad)}")
+  if hints:
+    msg += f" ({'; '.join(hints)})"
+  msg += f". Valid keywords: {sorted(valid)}"
+  if open_ended:
+    msg += f", plus the options of implementation(s) {sorted(open_ended)}"
+  impl = mech.implementations.get(implementation)
+  reason = impl.supports(**call) if impl is not None else None
+  if reason:
+    msg += (f". (implementation {implementation!r} of {mechanism!r} does not support this "
+            f"call: {reason})")
+  raise UnknownArgumentError(msg)
+
+
+def _check_positive(name: str, val: Any) -> None:
+  """``val`` must be None or a positive finite real number (traced values are not checked)."""
+  if val is None or isinstance(val, jax.core.Tracer):
+    return
+  if isinstance(val, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a positive finite number or None, got {val!r}")
+  if not isinstance(val, numbers.Real):
+    dtype = getattr(val, "dtype", None)
+    if getattr(val, "shape", None) != () or dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+      raise ValueError(f"{name} must be a positive finite number or None, got "
+                       f"{type(val).__name__} {val!r}")
+  if not (math.isfinite(float(val)) and float(val) > 0):
+    raise ValueError(f"{name} must be a positive finite number or None, got {val!r}")
+
+
 def attention(
     q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], v: Float[Array, "B Tk K Dv"], *,
     mechanism: str = "softmax", mask: Any = None,
@@ -103,7 +203,11 @@ def attention(
     implementation: "auto", "xla" (dense reference), "chunked", "pallas", ...
     softcap: logit soft-capping ``c * tanh(x / c)`` applied before bias/ALiBi.
     alibi_slopes: ``[heads]`` or ``[batch, heads]``; adds ``-slope * |i - j|``.
-    q_offset: absolute position of query 0 (decoding with a KV cache).
+    q_offset: absolute position of query 0 (decoding with a KV cache). Masks carrying a
+      ``q_offset`` (``CausalMask``, ``SlidingWindowMask``, ``LocalMask``, ``PrefixLMMask``)
+      built with the default ``q_offset=0`` follow this value, so ``mask=CausalMask()`` and
+      ``is_causal=True`` agree; a mask built with a different non-zero ``q_offset`` raises
+      ValueError. With ``q_offset=0`` a mask keeps its own offset.
     head_mask: ``[heads]`` or ``[batch, heads]`` multiplier of each head's output (ablations).
     return_weights: also return the attention weights ``[batch, heads, q_len, kv_len]``
       (recomputed densely when a fused implementation ran).
@@ -112,14 +216,24 @@ def attention(
 
   Returns:
     ``[batch, q_len, heads, v_dim]`` in q's dtype, or ``(out, weights)``.
+
+  Raises:
+    TypeError: a keyword no implementation of ``mechanism`` takes (``UnknownArgumentError``,
+      also a ValueError), or a non-bool ``is_causal``.
+    ValueError: bad shapes (of q/k/v, bias, head vectors, or a mask's arrays), a
+      non-positive or non-finite ``scale`` / ``softcap``, a mask whose ``q_offset`` conflicts
+      with the call's, or an implementation that does not support the call.
   """
-  common.check_qkv(q, k, v)
+  b, tq, tk, _, _, _ = common.check_qkv(q, k, v)
   if not isinstance(is_causal, bool):
     raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
-  mask = common.build_mask(common.check_mask(mask, q.shape[0]), is_causal, q_offset)
+  _check_positive("scale", scale)
+  _check_positive("softcap", softcap)
+  mask = common.build_mask(common.check_mask(mask, b, tq, tk), is_causal, q_offset)
   call = dict(q=q, k=k, v=v, mask=mask, bias=bias, scale=scale, softcap=softcap,
               alibi_slopes=alibi_slopes, q_offset=q_offset, head_mask=head_mask,
               return_weights=return_weights, **kwargs)
+  check_keywords(mechanism, implementation, kwargs, call)
   name = choose_implementation(mechanism, implementation, **call)
   fn = registry.get_mechanism(mechanism).implementations[name].fn
   return fn(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,

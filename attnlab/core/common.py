@@ -70,7 +70,10 @@ def check_head_vector(x: Any, name: str, b: int, h: int) -> Float[Array, "#B H"]
   return x if x.ndim == 2 else x[None]
 
 
-def check_mask(mask: Any, b: int) -> masks_lib.Mask | None:
+def check_mask(mask: Any, b: int, q_len: int | None = None,
+               kv_len: int | None = None) -> masks_lib.Mask | None:
+  """``mask`` must be a ``Mask`` whose batch fits ``b``; with ``q_len`` and ``kv_len`` its
+  arrays (segment ids, lengths, dense arrays; through And/Or) must fit the call's shapes."""
   if mask is None:
     return None
   if not isinstance(mask, masks_lib.Mask):
@@ -79,11 +82,19 @@ def check_mask(mask: Any, b: int) -> masks_lib.Mask | None:
   mb = mask.batch_size
   if mb is not None and mb not in (1, b):
     raise ValueError(f"mask batch size {mb} does not match q batch size {b}")
+  if q_len is not None and kv_len is not None:
+    mask.check_shape(b, q_len, kv_len)
   return mask
 
 
 def build_mask(mask: masks_lib.Mask | None, is_causal: bool, q_offset: Any = 0):
-  """Combine an explicit mask with ``is_causal``."""
+  """Combine an explicit mask with ``is_causal``, both at the call's ``q_offset``.
+
+  Position-dependent masks built with ``q_offset=0`` follow ``q_offset``; one built with a
+  different non-zero offset raises ValueError (see ``Mask.align_q_offset``).
+  """
+  if mask is not None:
+    mask = mask.align_q_offset(q_offset)
   causal = masks_lib.CausalMask(q_offset) if is_causal else None
   return masks_lib.combine(mask, causal)
 

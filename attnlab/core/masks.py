@@ -19,6 +19,12 @@ block summary, AND is the elementwise minimum and OR the maximum of the three-va
 
 Positions: query ``i`` sits at absolute position ``i + q_offset`` (``q_offset`` lets a decode
 step with a KV cache line its queries up with the end of the keys).
+
+Before use, ``attnlab.attention`` validates a mask against the call
+(``mask.check_shape(batch, q_len, kv_len)``: segment ids, lengths and dense arrays must match the
+call's shapes) and aligns its positions with the call's ``q_offset``
+(``mask.align_q_offset(q_offset)``: a mask built with ``q_offset=0`` follows the call's
+``q_offset``; one built with a different non-zero ``q_offset`` is refused).
 """
 
 from __future__ import annotations
@@ -50,6 +56,45 @@ def _is_concrete(x: Any) -> bool:
   return isinstance(x, (np.ndarray, np.generic, int, float, bool))
 
 
+def _is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _is_zero(x: Any) -> bool:
+  """True when ``x`` is known (not traced) to be 0."""
+  return not _is_traced(x) and bool(np.all(np.asarray(x) == 0))
+
+
+def _resolve_q_offset(mask: "Mask", own: Any, call: Any) -> Any:
+  """The q_offset ``mask`` (whose own offset is ``own``) must use in a call with ``call``.
+
+  A call-level offset of 0 leaves the mask as built; a mask built with 0 follows a non-zero
+  call offset; two different non-zero offsets are an error. Traced offsets that are not the
+  same value cannot be compared and the mask keeps its own.
+  """
+  if own is call or _is_zero(call):
+    return own
+  if _is_zero(own):
+    return call
+  if _is_traced(own) or _is_traced(call):
+    return own
+  if not np.array_equal(np.asarray(own), np.asarray(call)):
+    raise ValueError(
+        f"{mask!r} was built with q_offset={np.asarray(own).tolist()} but attention was called "
+        f"with q_offset={np.asarray(call).tolist()}; build the mask with q_offset=0 (it then "
+        "follows the call's q_offset) or with the call's q_offset")
+  return own
+
+
+def _batch_spec(batch: int) -> str:
+  return str(batch) if batch == 1 else f"{batch} or 1"
+
+
+def _shape_error(mask: "Mask", what: str, expected: str, got: Any) -> ValueError:
+  return ValueError(f"{type(mask).__name__}: {what} must have shape {expected} for this call, "
+                    f"got shape {tuple(got)}")
+
+
 class Mask:
   """Base class. Subclasses implement ``allowed`` and ``block_summary``."""
 
@@ -69,6 +114,22 @@ class Mask:
   def batch_size(self) -> int | None:
     """Batch size the mask is tied to, or None when it broadcasts over the batch."""
     return None
+
+  def check_shape(self, batch: int, q_len: int, kv_len: int) -> None:
+    """Raise ValueError unless the mask's arrays fit a call with these sizes.
+
+    Called by ``attnlab.attention`` before dispatch. Masks without arrays accept any shape.
+    """
+    del batch, q_len, kv_len
+
+  def align_q_offset(self, q_offset: Any) -> "Mask":
+    """The mask to use in a call whose queries start at ``q_offset``.
+
+    Masks with a ``q_offset`` field built with 0 take the call's ``q_offset``; one built with
+    a different non-zero value raises ValueError. Masks without positions return themselves.
+    """
+    del q_offset
+    return self
 
   def __and__(self, other: "Mask") -> "Mask":
     return And(self, _check_mask(other, "other"))
@@ -106,6 +167,14 @@ class LocalMask(Mask):
         raise ValueError(f"{name} must be a non-negative int or None, got {val!r}")
     if jnp.ndim(self.q_offset) != 0:
       raise ValueError(f"q_offset must be a scalar, got shape {jnp.shape(self.q_offset)}")
+
+  def __repr__(self):
+    off = self.q_offset if _is_concrete(self.q_offset) else type(self.q_offset).__name__
+    return f"LocalMask(left={self.left}, right={self.right}, q_offset={off})"
+
+  def align_q_offset(self, q_offset):
+    off = _resolve_q_offset(self, self.q_offset, q_offset)
+    return self if off is self.q_offset else dataclasses.replace(self, q_offset=off)
 
   def allowed(self, q_pos, k_pos):
     qp = jnp.asarray(q_pos)[:, None] + self.q_offset
@@ -192,6 +261,19 @@ class PrefixLMMask(Mask):
     n = jnp.shape(self.prefix_len)[0]
     return None if n == 1 else n
 
+  def __repr__(self):
+    off = self.q_offset if _is_concrete(self.q_offset) else type(self.q_offset).__name__
+    return f"PrefixLMMask(prefix_len shape {tuple(jnp.shape(self.prefix_len))}, q_offset={off})"
+
+  def check_shape(self, batch, q_len, kv_len):
+    if jnp.shape(self.prefix_len)[0] not in (1, batch):
+      raise _shape_error(self, "prefix_len", f"[batch]=({batch},) or (1,)",
+                         jnp.shape(self.prefix_len))
+
+  def align_q_offset(self, q_offset):
+    off = _resolve_q_offset(self, self.q_offset, q_offset)
+    return self if off is self.q_offset else dataclasses.replace(self, q_offset=off)
+
   def allowed(self, q_pos, k_pos):
     qp = jnp.asarray(q_pos)[None, :, None] + self.q_offset
     kp = jnp.asarray(k_pos)[None, None, :]
@@ -234,6 +316,18 @@ class SegmentMask(Mask):
   @property
   def batch_size(self):
     return jnp.shape(self.q_segment_ids)[0]
+
+  def check_shape(self, batch, q_len, kv_len):
+    qshape, kshape = jnp.shape(self.q_segment_ids), jnp.shape(self.kv_segment_ids)
+    if self.kv_segment_ids is self.q_segment_ids and q_len != kv_len:
+      raise ValueError(f"SegmentMask: one segment_ids array of shape {tuple(qshape)} serves "
+                       f"queries and keys, but q_len={q_len} != kv_len={kv_len}; pass "
+                       f"q_segment_ids [batch, {q_len}] and kv_segment_ids [batch, {kv_len}]")
+    bs = _batch_spec(batch)
+    if qshape[0] not in (1, batch) or qshape[1] != q_len:
+      raise _shape_error(self, "q_segment_ids", f"[batch, q_len]=({bs}, {q_len})", qshape)
+    if kshape[0] not in (1, batch) or kshape[1] != kv_len:
+      raise _shape_error(self, "kv_segment_ids", f"[batch, kv_len]=({bs}, {kv_len})", kshape)
 
   def allowed(self, q_pos, k_pos):
     qs = jnp.take(jnp.asarray(self.q_segment_ids), jnp.asarray(q_pos), axis=1, mode="clip")
@@ -282,6 +376,12 @@ class ValidLengthMask(Mask):
     sizes = [jnp.shape(x)[0] for x in (self.kv_lengths, self.q_lengths) if x is not None]
     n = max(sizes)
     return None if n == 1 else n
+
+  def check_shape(self, batch, q_len, kv_len):
+    for name in ("kv_lengths", "q_lengths"):
+      val = getattr(self, name)
+      if val is not None and jnp.shape(val)[0] not in (1, batch):
+        raise _shape_error(self, name, f"[batch]=({batch},) or (1,)", jnp.shape(val))
 
   def allowed(self, q_pos, k_pos):
     qp = jnp.asarray(q_pos)[None, :, None]
@@ -335,6 +435,13 @@ class ArrayMask(Mask):
     n = jnp.shape(self.array)[0]
     return None if n == 1 else n
 
+  def check_shape(self, batch, q_len, kv_len):
+    shape = jnp.shape(self.array)
+    if shape[0] not in (1, batch) or tuple(shape[1:]) != (q_len, kv_len):
+      raise _shape_error(self, "array",
+                         f"[batch, q_len, kv_len]=({_batch_spec(batch)}, {q_len}, {kv_len}) (or "
+                         f"[q_len, kv_len]=({q_len}, {kv_len}))", shape)
+
   def allowed(self, q_pos, k_pos):
     a = jnp.take(jnp.asarray(self.array), jnp.asarray(q_pos), axis=1, mode="fill",
                  fill_value=False)
@@ -376,6 +483,14 @@ class And(Mask):
   def batch_size(self):
     return self.a.batch_size or self.b.batch_size
 
+  def check_shape(self, batch, q_len, kv_len):
+    self.a.check_shape(batch, q_len, kv_len)
+    self.b.check_shape(batch, q_len, kv_len)
+
+  def align_q_offset(self, q_offset):
+    a, b = self.a.align_q_offset(q_offset), self.b.align_q_offset(q_offset)
+    return self if (a is self.a and b is self.b) else And(a, b)
+
   def allowed(self, q_pos, k_pos):
     return self.a.allowed(q_pos, k_pos) & self.b.allowed(q_pos, k_pos)
 
@@ -392,6 +507,14 @@ class Or(Mask):
   @property
   def batch_size(self):
     return self.a.batch_size or self.b.batch_size
+
+  def check_shape(self, batch, q_len, kv_len):
+    self.a.check_shape(batch, q_len, kv_len)
+    self.b.check_shape(batch, q_len, kv_len)
+
+  def align_q_offset(self, q_offset):
+    a, b = self.a.align_q_offset(q_offset), self.b.align_q_offset(q_offset)
+    return self if (a is self.a and b is self.b) else Or(a, b)
 
   def allowed(self, q_pos, k_pos):
     return self.a.allowed(q_pos, k_pos) | self.b.allowed(q_pos, k_pos)

@@ -116,3 +116,46 @@ class MaskTest(parameterized.TestCase):
     m = make("segment") & make("causal")
     leaves = [x for x in __import__("jax").tree.leaves(m)]
     chex.assert_equal(len(leaves), 3)  # two segment id arrays and the causal q_offset
+
+  def test_check_shape(self):
+    # Every mask of make() fits the call it was built for, alone and composed.
+    for kind in KINDS:
+      make(kind).check_shape(B, TQ, TK)
+      (make(kind) & make("causal") | make("window")).check_shape(B, TQ, TK)
+    masks.ArrayMask(jnp.asarray(naive_dense("window")[:1])).check_shape(B, TQ, TK)
+    cases = [
+        (make("segment"), (B, TQ + 1, TK),
+         r"SegmentMask: q_segment_ids.*\(2 or 1, 14\).*\(2, 13\)"),
+        (make("segment"), (B, TQ, TK - 1),
+         r"SegmentMask: kv_segment_ids.*\(2 or 1, 16\).*\(2, 17\)"),
+        (make("segment"), (3, TQ, TK), r"SegmentMask: q_segment_ids.*\(3 or 1, 13\).*\(2, 13\)"),
+        (masks.SegmentMask(jnp.zeros((B, TQ), jnp.int32)), (B, TQ, TK),
+         r"SegmentMask.*q_len=13 != kv_len=17"),
+        (make("lengths"), (3, TQ, TK), r"ValidLengthMask: kv_lengths.*\(3,\).*got shape \(2,\)"),
+        (make("prefix"), (3, TQ, TK), r"PrefixLMMask: prefix_len.*got shape \(2,\)"),
+        (masks.ArrayMask(jnp.asarray(naive_dense("window"))), (B, TQ - 1, TK),
+         r"ArrayMask: array.*\(2 or 1, 12, 17\).*got shape \(2, 13, 17\)"),
+        # Nested inside And / Or.
+        (make("causal") & (make("window") | make("lengths")), (3, TQ, TK), r"ValidLengthMask"),
+    ]
+    for m, args, msg in cases:
+      with pytest.raises(ValueError, match=msg):
+        m.check_shape(*args)
+
+  def test_align_q_offset(self):
+    # Offset-0 masks take the call's offset; the dense result is the naive rule at that offset.
+    aligned = (masks.CausalMask() & masks.SlidingWindowMask(4, 2)).align_q_offset(3)
+    want = naive_dense("causal") & naive_dense("window")  # both with off=3
+    chex.assert_trees_all_equal(np.broadcast_to(aligned.dense(TQ, TK), want.shape), want)
+    pre = masks.PrefixLMMask(np.asarray(PARAMS["prefix"])).align_q_offset(3)
+    want = np.array([[[j <= i + 3 or j < PARAMS["prefix"][b] for j in range(TK)]
+                      for i in range(TQ)] for b in range(B)])
+    chex.assert_trees_all_equal(np.asarray(pre.dense(TQ, TK)), want)
+    # Same offset, call offset 0, or masks without positions: unchanged.
+    m = make("causal") & make("segment")
+    self.assertIs(m.align_q_offset(3), m)
+    self.assertIs(m.align_q_offset(0), m)
+    lengths = make("lengths")
+    self.assertIs(lengths.align_q_offset(5), lengths)
+    with pytest.raises(ValueError, match=r"q_offset=3 .*q_offset=5"):
+      (make("segment") | make("causal")).align_q_offset(5)

@@ -36,13 +36,18 @@ def dense_mask(mask: masks_lib.Mask | None, tq: int, tk: int) -> Array | None:
 
 
 def masked_softmax(logits: Array, allowed: Array | None) -> Array:
-  """Float32 softmax over the last axis; fully masked rows give zeros."""
-  if allowed is None:
-    return jax.nn.softmax(logits, axis=-1)
-  neg = jnp.finfo(jnp.float32).min
-  s = jnp.where(allowed, logits, neg)
-  m = jnp.max(s, axis=-1, keepdims=True)
-  p = jnp.where(allowed, jnp.exp(s - m), 0.0)
+  """Float32 softmax over the last axis; fully masked rows give zeros.
+
+  A logit of ``-inf`` (e.g. from an additive bias) counts as masked, so a row whose every
+  logit is ``-inf`` or masked gives zeros, with zero (finite) gradients, as the chunked and
+  Pallas implementations do. NaN logits still propagate.
+  """
+  ok = ~jnp.isneginf(logits)
+  if allowed is not None:
+    ok = ok & allowed
+  s = jnp.where(ok, logits, jnp.finfo(jnp.float32).min)
+  m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+  p = jnp.where(ok, jnp.exp(s - m), 0.0)
   denom = jnp.sum(p, axis=-1, keepdims=True)
   return p / jnp.where(denom == 0.0, 1.0, denom)
 
@@ -69,14 +74,24 @@ from attnlab.core import chunked  # noqa: E402  pylint: disable=g-import-not-at-
 from attnlab.core import registry  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
+# Forward-mode autodiff: chunked_attention is a jax.custom_vjp, which jax.jvp / jax.jacfwd
+# cannot differentiate. chunked_refusal therefore refuses JVP-traced inputs, so "auto" picks
+# the dense "xla" path under jvp and implementation="chunked" raises a ValueError saying so.
+# jax.linearize (traced like jax.grad) and jvp of a jit-ed function cannot be detected here;
+# see chunked.py's module docstring.
 def chunked_refusal(*refused: str):
   """A ``supports`` for ``chunked_attention``: refuses ``refused`` keywords (set by the
-  mechanism itself, or another mechanism's hyperparameters) and any it does not take."""
+  mechanism itself, or another mechanism's hyperparameters), any it does not take, and
+  forward-mode autodiff (JVP-traced inputs)."""
   def supports(**call: Any) -> str | None:
     bad = sorted(set(call) & set(refused))
     if bad:
       return f"unexpected arguments {bad}"
-    return registry.unaccepted_kwargs(chunked.chunked_attention, call)
+    reason = registry.unaccepted_kwargs(chunked.chunked_attention, call)
+    if reason:
+      return reason
+    return chunked.forward_mode_reason(
+        {n: x for n, x in call.items() if n != "head_mask"})  # head_mask: applied outside
   return supports
 
 
