@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from attnlab.core import common
+from attnlab.core import masks as masks_lib
 from attnlab.core import registry
 
 Array = jax.Array
@@ -187,17 +188,24 @@ def attention(
     scale: float | None = None, implementation: str = "auto", softcap: float | None = None,
     alibi_slopes: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
     q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
-    return_weights: bool = False, **kwargs: Any,
+    return_weights: bool = False, query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None, **kwargs: Any,
 ) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Attention with a chosen mechanism and implementation.
 
   Args:
-    q: ``[batch, q_len, heads, head_dim]``.
+    q: ``[batch, q_len, heads, head_dim]`` (or unbatched ``[q_len, heads, head_dim]``, with
+      k, v unbatched too; the output is then unbatched).
     k: ``[batch, kv_len, kv_heads, head_dim]``; ``heads % kv_heads == 0`` (MHA/GQA/MQA).
     v: ``[batch, kv_len, kv_heads, v_dim]``.
     mechanism: a name from ``list_mechanisms()``.
-    mask: an ``attnlab.masks.Mask`` value (causal, window, segments, prefix-LM, lengths, ...).
-    bias: additive logits bias broadcastable to ``[batch, heads, q_len, kv_len]``.
+    mask: an ``attnlab.masks.Mask`` value (causal, window, segments, prefix-LM, lengths, ...),
+      or a boolean array broadcastable to ``[batch, heads, q_len, kv_len]`` (True = attend):
+      without a head axis it becomes a ``masks.ArrayMask``; a per-head one becomes an additive
+      ``-inf`` bias.
+    bias: additive logits bias broadcastable to ``[batch, heads, q_len, kv_len]`` (e.g.
+      ``[q_len, kv_len]``).
     is_causal: AND a causal mask (query i sees keys ``<= i + q_offset``).
     scale: logit scale, default ``1/sqrt(head_dim)``.
     implementation: "auto", "xla" (dense reference), "chunked", "pallas", ...
@@ -211,6 +219,10 @@ def attention(
     head_mask: ``[heads]`` or ``[batch, heads]`` multiplier of each head's output (ablations).
     return_weights: also return the attention weights ``[batch, heads, q_len, kv_len]``
       (recomputed densely when a fused implementation ran).
+    query_seq_lengths, key_value_seq_lengths: int ``[batch]`` real tokens per example, as
+      ``jax.nn.dot_product_attention`` (``masks.ValidLengthMask``).
+    local_window_size: ``(left, right)`` or a symmetric int, as jax.nn: query ``i`` sees keys
+      ``i - left .. i + right`` (``masks.SlidingWindowMask``).
     **kwargs: mechanism hyperparameters (e.g. ``sigmoid_bias``) or implementation options
       (e.g. ``block_q``).
 
@@ -224,6 +236,69 @@ def attention(
       non-positive or non-finite ``scale`` / ``softcap``, a mask whose ``q_offset`` conflicts
       with the call's, or an implementation that does not support the call.
   """
+  unbatched = all(jnp.ndim(x) == 3 for x in (q, k, v))
+  if unbatched:
+    q, k, v = q[None], k[None], v[None]
+  b, tq, tk, h, _, _ = common.check_qkv(q, k, v)
+  mask, bias = _array_mask(mask, bias, b, h, tq, tk)
+  extra = []
+  if query_seq_lengths is not None or key_value_seq_lengths is not None:
+    extra.append(masks_lib.ValidLengthMask(kv_lengths=key_value_seq_lengths,
+                                           q_lengths=query_seq_lengths))
+  if local_window_size is not None:
+    extra.append(masks_lib.SlidingWindowMask(*_window(local_window_size), q_offset=0))
+  if extra:
+    mask = masks_lib.combine(mask, *extra)
+  out = _attention(q, k, v, mechanism=mechanism, mask=mask, bias=bias, is_causal=is_causal,
+                   scale=scale, implementation=implementation, softcap=softcap,
+                   alibi_slopes=alibi_slopes, q_offset=q_offset, head_mask=head_mask,
+                   return_weights=return_weights, **kwargs)
+  if not unbatched:
+    return out
+  return (out[0][0], out[1][0]) if return_weights else out[0]
+
+
+def _window(local_window_size: Any) -> tuple[int, int]:
+  if isinstance(local_window_size, int) and not isinstance(local_window_size, bool):
+    left = right = local_window_size
+  elif (isinstance(local_window_size, (tuple, list)) and len(local_window_size) == 2
+        and all(isinstance(w, int) and not isinstance(w, bool) for w in local_window_size)):
+    left, right = local_window_size
+  else:
+    raise ValueError(f"local_window_size must be an int or a pair of ints (left, right), got "
+                     f"{local_window_size!r}")
+  if left < 0 or right < 0:
+    raise ValueError(f"local_window_size must be >= 0, got {local_window_size!r}")
+  return left, right
+
+
+def _array_mask(mask: Any, bias: Any, b: int, h: int, tq: int, tk: int) -> tuple[Any, Any]:
+  """A boolean array ``mask`` -> (an ``ArrayMask``, bias) or (None, bias with ``-inf``)."""
+  if mask is None or isinstance(mask, masks_lib.Mask):
+    return mask, bias
+  if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
+    return mask, bias  # check_mask raises the TypeError
+  m = jnp.asarray(mask)
+  if m.dtype != jnp.bool_:
+    raise TypeError(f"mask must be an attnlab.masks.Mask or a boolean array (True = attend), "
+                    f"got dtype {m.dtype}; pass an additive mask as bias")
+  if not 2 <= m.ndim <= 4:
+    raise ValueError(f"a mask array must broadcast to [batch, heads, q_len, kv_len] = "
+                     f"{(b, h, tq, tk)}, got shape {m.shape}")
+  m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+  if any(s not in (1, t) for s, t in zip(m.shape, (b, h, tq, tk))):
+    raise ValueError(f"a mask array must broadcast to [batch, heads, q_len, kv_len] = "
+                     f"{(b, h, tq, tk)}, got shape {jnp.shape(mask)}")
+  if m.shape[1] == 1:  # no head axis: a mask value (tiles can be skipped)
+    return masks_lib.ArrayMask(jnp.broadcast_to(m[:, 0], (m.shape[0], tq, tk))), bias
+  extra = jnp.where(m, 0.0, -jnp.inf).astype(jnp.float32)
+  bias = common.check_bias(bias, b, h, tq, tk)
+  return None, extra if bias is None else bias.astype(jnp.float32) + extra
+
+
+def _attention(q, k, v, *, mechanism, mask, bias, is_causal, scale, implementation, softcap,
+               alibi_slopes, q_offset, head_mask, return_weights, **kwargs):
+  """``attention`` on batched q/k/v with a mask value."""
   b, tq, tk, _, _, _ = common.check_qkv(q, k, v)
   if not isinstance(is_causal, bool):
     raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")

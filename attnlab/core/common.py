@@ -48,14 +48,17 @@ def default_scale(head_dim: int, scale: float | None) -> float:
 
 def check_bias(bias: Any, b: int, h: int, tq: int,
                tk: int) -> Float[Array, "#B #H #Tq #Tk"] | None:
-  """``bias`` must broadcast to ``[B, H, Tq, Tk]`` (a 4-d array; dims may be 1)."""
+  """``bias`` must broadcast to ``[B, H, Tq, Tk]`` (numpy rules: ``[Tq, Tk]``, ``[H, Tq, Tk]``
+  and size-1 dims work); returned 4-d."""
   if bias is None:
     return None
   bias = jnp.asarray(bias)
   target = (b, h, tq, tk)
+  if 1 <= bias.ndim < 4:
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
   if bias.ndim != 4 or any(s not in (1, t) for s, t in zip(bias.shape, target)):
-    raise ValueError(f"bias must be 4-d and broadcast to [batch, heads, q_len, kv_len] = "
-                     f"{target}, got shape {bias.shape}")
+    raise ValueError(f"bias must broadcast to [batch, heads, q_len, kv_len] = {target}, got "
+                     f"shape {jnp.shape(bias)}")
   return bias
 
 

@@ -3,11 +3,13 @@
 Same signature and meaning as ``jax.nn.dot_product_attention`` (JAX 0.10), so swapping one
 import is enough, plus ``mechanism=`` (any mechanism with a pure function, e.g. "sigmoid") and
 attnlab's implementations (``implementation="auto" | "xla" | "chunked" | "pallas"``; jax.nn's
-``None`` means "auto", and ``"cudnn"`` calls jax.nn's cuDNN kernel). The arguments become
-attnlab values: ``mask`` without a head axis -> ``masks.ArrayMask`` (tile skipping works),
-a per-head mask -> an additive ``-inf`` bias; ``query_seq_lengths`` / ``key_value_seq_lengths``
--> ``masks.ValidLengthMask``; ``local_window_size`` -> ``masks.SlidingWindowMask``;
-``is_causal`` -> causal with query ``i`` seeing keys ``<= i`` (top-left aligned, as jax.nn).
+``None`` means "auto", and ``"cudnn"`` calls jax.nn's cuDNN kernel). It checks jax.nn's
+argument layout (4-d ``mask`` / ``bias``, 3-d when unbatched) and hands the call to
+``attnlab.attention``, which turns the arguments into attnlab values: a ``mask`` without a
+head axis -> ``masks.ArrayMask`` (tile skipping works), a per-head mask -> an additive ``-inf``
+bias; ``query_seq_lengths`` / ``key_value_seq_lengths`` -> ``masks.ValidLengthMask``;
+``local_window_size`` -> ``masks.SlidingWindowMask``; ``is_causal`` -> query ``i`` sees keys
+``<= i`` (top-left aligned, as jax.nn).
 
 Departure from jax.nn: a query row with no visible key (fully masked) returns zeros, as every
 attnlab implementation does; jax.nn returns the mean of the values over all keys for such
@@ -23,23 +25,8 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, Float
 
 from attnlab.core import api
-from attnlab.core import masks as masks_lib
 
 Array = jax.Array
-
-
-def _window(local_window_size: Any) -> tuple[int, int]:
-  if isinstance(local_window_size, int) and not isinstance(local_window_size, bool):
-    left = right = local_window_size
-  elif (isinstance(local_window_size, (tuple, list)) and len(local_window_size) == 2
-        and all(isinstance(w, int) and not isinstance(w, bool) for w in local_window_size)):
-    left, right = local_window_size
-  else:
-    raise ValueError(f"local_window_size must be an int or a pair of ints (left, right), got "
-                     f"{local_window_size!r}")
-  if left < 0 or right < 0:
-    raise ValueError(f"local_window_size must be >= 0, got {local_window_size!r}")
-  return left, right
 
 
 def _to_4d(x: Any, name: str, unbatched: bool) -> Array:
@@ -104,27 +91,15 @@ def dot_product_attention(
     query, key, value = query[None], key[None], value[None]
   if bias is not None:
     bias = _to_4d(bias, "bias", unbatched)
-  parts = []
   if mask is not None:
     mask = _to_4d(mask, "mask", unbatched)
     if mask.dtype != jnp.bool_:
       raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}; pass an "
                       "additive mask as bias")
-    if mask.shape[1] == 1:  # no head axis: a mask value (tiles can be skipped)
-      b, _, t, s = mask.shape
-      parts.append(masks_lib.ArrayMask(jnp.broadcast_to(
-          mask[:, 0], (b, query.shape[1] if t == 1 else t, key.shape[1] if s == 1 else s))))
-    else:  # per-head: an additive bias (hidden keys at -inf; such rows return zeros)
-      extra = jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
-      bias = extra if bias is None else bias.astype(jnp.float32) + extra
-  if query_seq_lengths is not None or key_value_seq_lengths is not None:
-    parts.append(masks_lib.ValidLengthMask(kv_lengths=key_value_seq_lengths,
-                                           q_lengths=query_seq_lengths))
-  if local_window_size is not None:
-    left, right = _window(local_window_size)
-    parts.append(masks_lib.SlidingWindowMask(left, right))
-  out = api.attention(query, key, value, mechanism=mechanism, mask=masks_lib.combine(*parts),
-                      bias=bias, is_causal=is_causal, scale=scale,
+  out = api.attention(query, key, value, mechanism=mechanism, mask=mask, bias=bias,
+                      is_causal=is_causal, scale=scale,
                       implementation="auto" if implementation is None else implementation,
-                      **hyperparameters)
+                      query_seq_lengths=query_seq_lengths,
+                      key_value_seq_lengths=key_value_seq_lengths,
+                      local_window_size=local_window_size, **hyperparameters)
   return out[0] if unbatched else out

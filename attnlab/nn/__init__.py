@@ -11,7 +11,8 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from attnlab.nn.attention import (SHARED_ARGUMENTS, MultiHeadAttention, accepted_arguments,
-                                  accepted_mechanism_kwargs, check_mechanism_kwargs,
+                                  accepted_mechanism_kwargs, attention_fn,
+                                  check_mechanism_kwargs,
                                   get_attention_module, list_attention_mechanisms,
                                   register_attention_module)
 from attnlab.nn.blocks import (GeluMLP, SwiGLUMLP, TransformerBlock, TransformerStack,
@@ -24,7 +25,7 @@ from attnlab.nn.positions import (POSITION_KINDS, LearnedPositionEmbedding, alib
                                   sinusoidal_embedding)
 
 __all__ = [
-    "MultiHeadAttention", "register_attention_module", "get_attention_module",
+    "MultiHeadAttention", "attention_fn", "register_attention_module", "get_attention_module",
     "list_attention_mechanisms", "accepted_arguments", "SHARED_ARGUMENTS",
     "accepted_mechanism_kwargs", "check_mechanism_kwargs",
     "TransformerBlock", "TransformerStack", "GeluMLP", "SwiGLUMLP", "make_norm", "make_mlp",

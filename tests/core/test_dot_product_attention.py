@@ -127,3 +127,48 @@ def test_bad_arguments(kw, err, match):
   q, k, v, _, _ = inputs(5)
   with pytest.raises(err, match=match):
     attnlab.dot_product_attention(q, k, v, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# attnlab.attention takes the same inputs (bool arrays, any broadcastable bias, unbatched,
+# jax.nn's keywords); expected values again from jax.nn.dot_product_attention.
+
+
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_attention_takes_jax_nn_inputs(implementation):
+  q, k, v, bias, key = inputs(6)
+  bias2d = bias[0, 0]  # [T, S]
+  head_mask = jax.random.bernoulli(key, 0.7, (B, N, T, S)).at[..., 0].set(True)
+  plain_mask = head_mask[:, :1]
+  lengths = np.array([9, 16], np.int32)
+  for kw_ours, kw_jax in (
+      (dict(bias=bias2d), dict(bias=bias2d[None, None])),
+      (dict(mask=head_mask), dict(mask=head_mask)),
+      (dict(mask=plain_mask[0, 0]), dict(mask=plain_mask[:1])),  # [T, S] (numpy broadcasting)
+      # (4, 3): every query keeps a visible key (no fully masked row: see the departure)
+      (dict(key_value_seq_lengths=lengths, local_window_size=(4, 3)),
+       dict(key_value_seq_lengths=lengths, local_window_size=(4, 3))),
+  ):
+    want = jax.nn.dot_product_attention(q, k, v, **kw_jax)
+    try:
+      got = attnlab.attention(q, k, v, implementation=implementation, **kw_ours)
+    except ValueError as e:
+      assert implementation in str(e), e
+      continue
+    chex.assert_trees_all_close(got, want, **TOL)
+  got = attnlab.attention(q[0], k[0], v[0], is_causal=True, implementation=implementation)
+  chex.assert_shape(got, (T, N, H))
+  chex.assert_trees_all_close(got, jax.nn.dot_product_attention(q[0], k[0], v[0],
+                                                                is_causal=True), **TOL)
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(mask=jnp.ones((T, S), jnp.float32)), TypeError, "boolean array"),
+    (dict(mask=jnp.ones((B, N, T + 1, S), bool)), ValueError, "must broadcast"),
+    (dict(bias=jnp.ones((T, S + 1))), ValueError, "bias must broadcast"),
+    (dict(local_window_size=-2), ValueError, "local_window_size"),
+])
+def test_attention_rejects_bad_jax_nn_inputs(kw, err, match):
+  q, k, v, _, _ = inputs(7)
+  with pytest.raises(err, match=match):
+    attnlab.attention(q, k, v, **kw)
