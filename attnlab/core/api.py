@@ -274,7 +274,9 @@ def _window(local_window_size: Any) -> tuple[int, int]:
 
 def _array_mask(mask: Any, bias: Any, b: int, h: int, tq: int, tk: int) -> tuple[Any, Any]:
   """A boolean array ``mask`` -> (an ``ArrayMask``, bias) or (None, bias with ``-inf``)."""
-  if mask is None or isinstance(mask, masks_lib.Mask):
+  if isinstance(mask, masks_lib.ArrayMask) and mask.per_head:
+    mask = mask.array  # a per-head mask value: applied as a bias below
+  elif mask is None or isinstance(mask, masks_lib.Mask):
     return mask, bias
   if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
     return mask, bias  # check_mask raises the TypeError

@@ -415,6 +415,9 @@ class ArrayMask(Mask):
   """A dense boolean array ``[B|1, q_len, kv_len]`` (or ``[q_len, kv_len]``) as a mask value.
 
   For masks that have no structured form. The block summary reduces the array per tile.
+  A per-head array ``[B|1, H, q_len, kv_len]`` is accepted too (a head axis of size 1 is
+  dropped): ``attnlab.attention`` applies it as an additive ``-inf`` bias, so it must be the
+  whole ``mask=`` of the call, not part of an ``&`` / ``|`` combination.
   """
 
   array: Any
@@ -423,12 +426,25 @@ class ArrayMask(Mask):
     a = self.array
     if jnp.ndim(a) == 2:
       a = a[None]
-    if jnp.ndim(a) != 3:
-      raise ValueError(f"array must have shape [batch, q_len, kv_len] or [q_len, kv_len], got "
-                       f"{jnp.shape(self.array)}")
+    if jnp.ndim(a) == 4 and jnp.shape(a)[1] == 1:
+      a = a[:, 0]
+    if jnp.ndim(a) not in (3, 4):
+      raise ValueError(f"array must have shape [batch, q_len, kv_len], [q_len, kv_len] or "
+                       f"[batch, heads, q_len, kv_len], got {jnp.shape(self.array)}")
     if jnp.asarray(a).dtype != jnp.bool_:
       raise TypeError(f"array must be boolean, got dtype {jnp.asarray(a).dtype}")
     object.__setattr__(self, "array", a)
+
+  @property
+  def per_head(self) -> bool:
+    """True for a ``[B|1, H, q_len, kv_len]`` array (applied by ``attention`` as a bias)."""
+    return jnp.ndim(self.array) == 4
+
+  def _refuse_per_head(self) -> None:
+    if self.per_head:
+      raise ValueError("a per-head ArrayMask [batch, heads, q_len, kv_len] must be the whole "
+                       "mask= of attnlab.attention (it is applied as an additive -inf bias), "
+                       "not combined with & or |; combine the arrays first")
 
   @property
   def batch_size(self):
@@ -437,17 +453,19 @@ class ArrayMask(Mask):
 
   def check_shape(self, batch, q_len, kv_len):
     shape = jnp.shape(self.array)
-    if shape[0] not in (1, batch) or tuple(shape[1:]) != (q_len, kv_len):
+    if shape[0] not in (1, batch) or tuple(shape[-2:]) != (q_len, kv_len):
       raise _shape_error(self, "array",
                          f"[batch, q_len, kv_len]=({_batch_spec(batch)}, {q_len}, {kv_len}) (or "
                          f"[q_len, kv_len]=({q_len}, {kv_len}))", shape)
 
   def allowed(self, q_pos, k_pos):
+    self._refuse_per_head()
     a = jnp.take(jnp.asarray(self.array), jnp.asarray(q_pos), axis=1, mode="fill",
                  fill_value=False)
     return jnp.take(a, jnp.asarray(k_pos), axis=2, mode="fill", fill_value=False)
 
   def block_summary(self, q_len, kv_len, block_q, block_k):
+    self._refuse_per_head()
     a = self.array
     b, tq, tk = jnp.shape(a)
     if (tq, tk) != (q_len, kv_len):

@@ -172,3 +172,16 @@ def test_attention_rejects_bad_jax_nn_inputs(kw, err, match):
   q, k, v, _, _ = inputs(7)
   with pytest.raises(err, match=match):
     attnlab.attention(q, k, v, **kw)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_per_head_array_mask(implementation):
+  from attnlab import masks
+  q, k, v, _, key = inputs(8)
+  m = jax.random.bernoulli(key, 0.6, (B, N, T, S)).at[..., 0].set(True)
+  want = jax.nn.dot_product_attention(q, k, v, mask=m)
+  got = attnlab.attention(q, k, v, mask=masks.ArrayMask(m), implementation=implementation)
+  chex.assert_trees_all_close(got, want, **TOL)
+  with pytest.raises(ValueError, match="whole mask="):
+    attnlab.attention(q, k, v, mask=masks.ArrayMask(m) & masks.CausalMask(),
+                      implementation=implementation)
