@@ -288,8 +288,10 @@ class ErrorTest(parameterized.TestCase):
       attnlab.attention(q, k[:1], v[:1])
     with pytest.raises(ValueError, match=r"head_dim"):
       attnlab.attention(q, k[..., :4], v)
-    with pytest.raises(ValueError, match=r"bias must be 4-d"):
-      attnlab.attention(q, k, v, bias=jnp.zeros((4, 11, 13)))
+    # A bias broadcasts with numpy's rules ([H, Tq, Tk] and [Tq, Tk] work, issue 7); a shape
+    # that does not broadcast is refused.
+    with pytest.raises(ValueError, match=r"bias must broadcast"):
+      attnlab.attention(q, k, v, bias=jnp.zeros((3, 11, 13)))
     with pytest.raises(ValueError, match=r"head_mask"):
       attnlab.attention(q, k, v, head_mask=jnp.ones(3))
     with pytest.raises(ValueError, match=r"mask batch size"):
@@ -301,8 +303,9 @@ class ErrorTest(parameterized.TestCase):
       attnlab.attention(q, k, v, mechanism="nope")
     with pytest.raises(ValueError, match=r"unknown implementation 'fast'"):
       attnlab.attention(q, k, v, implementation="fast")
+    # Boolean arrays are accepted as masks (issue 7); other arrays are refused.
     with pytest.raises(TypeError, match=r"mask must be"):
-      attnlab.attention(q, k, v, mask=np.ones((11, 13), bool))
+      attnlab.attention(q, k, v, mask=np.ones((11, 13), np.float32))
 
   def test_list_mechanisms(self):
     names = attnlab.list_mechanisms()
