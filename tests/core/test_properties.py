@@ -91,7 +91,7 @@ def build(c):
 
 
 @pytest.mark.parametrize("implementation", ["xla", "chunked"])
-@settings(max_examples=15, deadline=None, derandomize=True,
+@settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(c=cases())
 def test_implementation_agrees_with_naive_or_refuses(implementation, c):
