@@ -97,7 +97,8 @@ class UnknownArgumentError(TypeError, ValueError):
 
 # attention()'s own parameters (besides q, k, v), always valid.
 _ATTENTION_PARAMS = ("mechanism", "mask", "bias", "is_causal", "scale", "implementation",
-                     "softcap", "alibi_slopes", "q_offset", "head_mask", "return_weights")
+                     "softcap", "alibi_slopes", "q_offset", "head_mask", "return_weights",
+                     "query_seq_lengths", "key_value_seq_lengths", "local_window_size")
 
 
 def _impl_keywords(impl: registry.Implementation) -> tuple[set[str], bool]:
