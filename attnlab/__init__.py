@@ -2,10 +2,11 @@
 
 ``attnlab.attention``, ``attnlab.dot_product_attention`` (a drop-in for
 ``jax.nn.dot_product_attention``), ``attnlab.masks`` and the mechanism catalogue
-(``list_mechanisms``, ``get_mechanism``) come from ``attnlab.core`` (pure JAX). The rest is imported on demand:
-``attnlab.kernels`` (Pallas), ``attnlab.nn`` (NNX modules), ``attnlab.models`` (models built
-from ``config.model``), ``attnlab.data`` (grain pipelines), ``attnlab.train`` (the trainer),
-``attnlab.bench`` (benchmarks) and ``attnlab.catalogue`` (the catalogue table).
+(``list_mechanisms``, ``get_mechanism``) come from ``attnlab.core`` (pure JAX). The rest is
+imported on demand: ``attnlab.kernels`` (Pallas), ``attnlab.nn`` (NNX modules),
+``attnlab.models`` (models built from ``config.model``, ``generate``), ``attnlab.data`` (grain
+pipelines), ``attnlab.train`` (the trainer), ``attnlab.bench`` (benchmarks) and
+``attnlab.catalogue`` (the catalogue table).
 """
 
 from attnlab.core import (alibi_slopes, attention, chunked_attention, dot_product_attention,

@@ -560,8 +560,8 @@ def is_static(summary: Array) -> bool:
 
 __all__ = [
     "EMPTY", "PARTIAL", "FULL", "Mask", "LocalMask", "CausalMask", "SlidingWindowMask",
-    "FullMask", "ArrayMask", "PrefixLMMask", "SegmentMask", "ValidLengthMask", "And", "Or", "combine",
-    "is_static",
+    "FullMask", "ArrayMask", "PrefixLMMask", "SegmentMask", "ValidLengthMask", "And", "Or",
+    "combine", "is_static",
 ]
 
 

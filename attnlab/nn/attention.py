@@ -783,6 +783,6 @@ def get_attention_module(mechanism: str) -> type:
   raise ValueError(f"unknown attention mechanism {mechanism!r}; valid mechanisms: {valid}")
 
 
-__all__ = ["MultiHeadAttention", "attention_fn", "register_attention_module", "get_attention_module",
-           "list_attention_mechanisms", "accepted_arguments", "accepted_mechanism_kwargs",
-           "check_mechanism_kwargs", "SHARED_ARGUMENTS"]
+__all__ = ["MultiHeadAttention", "attention_fn", "register_attention_module",
+           "get_attention_module", "list_attention_mechanisms", "accepted_arguments",
+           "accepted_mechanism_kwargs", "check_mechanism_kwargs", "SHARED_ARGUMENTS"]

@@ -89,7 +89,8 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   if d not in SUPPORTED_HEAD_DIMS:
     return f"head_dim {d} is not supported by the Pallas kernel (supported: {SUPPORTED_HEAD_DIMS})"
   if dv not in SUPPORTED_HEAD_DIMS:
-    return f"v head_dim {dv} is not supported by the Pallas kernel (supported: {SUPPORTED_HEAD_DIMS})"
+    return (f"v head_dim {dv} is not supported by the Pallas kernel (supported: "
+            f"{SUPPORTED_HEAD_DIMS})")
   reason = masks.check_supported(call.get("mask"))
   if reason:
     return reason
