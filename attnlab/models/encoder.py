@@ -21,7 +21,6 @@ from attnlab.core import masks
 from attnlab.models import builder
 from attnlab.models import config as config_lib
 from attnlab.models.common import Embedder, check_tokens
-from attnlab.models.pooling import BUILTIN_POOLINGS, list_poolings, register_pooling
 from attnlab.nn import positions as positions_lib
 from attnlab.nn.common import resolve_dtype
 from attnlab.nn.partitioning import logical_init
