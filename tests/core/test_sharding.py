@@ -1,9 +1,10 @@
 """Sharded calls equal unsharded ones: values and q/k/v gradients, for every implementation.
 
 Batch-sharded over eight CPU devices (tests/conftest.py) under an explicit-axis mesh (the
-default of ``jax.make_mesh``), an auto mesh, ``jax.shard_map`` and ``jax.pmap``. The Pallas
-kernel (interpret mode on CPU) refuses explicit-axis sharding and varying shard_map inputs
-(``check_vma=True``); "auto" then falls back.
+default of ``jax.make_mesh``), an auto mesh, ``jax.shard_map`` and ``jax.pmap``. Under an
+explicit mesh the Pallas kernel (interpret mode on CPU) runs per device block inside its own
+``shard_map`` (batch and head sharding, bias and ALiBi included); it refuses masks holding
+arrays there and varying shard_map inputs (``check_vma=True``); "auto" then falls back.
 """
 
 import chex
@@ -86,12 +87,6 @@ def references():
 @pytest.mark.parametrize("impl,mech,d", CASES, ids=IDS)
 def test_sharded_equals_unsharded(references, impl, mech, d, mode):
   q, k, v, w = _inputs(d)
-  if impl == "pallas" and mode == "explicit":
-    mesh = jax.make_mesh((N,), ("data",), axis_types=(AxisType.Explicit,))
-    with jax.set_mesh(mesh), pytest.raises(ValueError, match="explicit-axis mesh"):
-      args = jax.device_put((q, k, v), NamedSharding(mesh, P("data")))
-      jax.jit(_attn(impl, mech))(*args)
-    return
   if impl == "pallas" and mode == "shard_map":
     # pallas_call outputs carry no varying axes: refused under check_vma=True, runs without.
     with pytest.raises(ValueError, match="check_vma=False"):
@@ -102,19 +97,69 @@ def test_sharded_equals_unsharded(references, impl, mech, d, mode):
   chex.assert_trees_all_close(grads, ref_grads, atol=2e-5, rtol=2e-5)
 
 
-def test_auto_under_explicit_mesh_skips_pallas(monkeypatch):
-  """"auto" with Pallas-compatible shapes refuses Pallas and runs chunked (forced: no dense)."""
+def test_pallas_explicit_mesh_batch_and_heads_with_bias_and_alibi():
+  """A 2-D explicit mesh sharding batch ("data") and heads ("model"), with a per-batch bias
+  and per-head ALiBi slopes: values and q/k/v/bias gradients equal the unsharded dense ones,
+  and the output keeps both shardings."""
+  ks = jax.random.split(jax.random.key(1), 6)
+  q = jax.random.normal(ks[0], (4, 32, 4, 64), jnp.float32)
+  k = jax.random.normal(ks[1], (4, 32, 2, 64), jnp.float32)
+  v = jax.random.normal(ks[2], (4, 32, 2, 64), jnp.float32)
+  bias = jax.random.normal(ks[3], (4, 1, 32, 32), jnp.float32)
+  slopes = jnp.array([0.5, 0.25, 0.125, 0.0625], jnp.float32)
+
+  def loss(impl):
+    def fn(q, k, v, bias):
+      extra = {} if impl == "xla" else {"block_q": 16, "block_k": 16}
+      out = attnlab.attention(q, k, v, is_causal=True, bias=bias, alibi_slopes=slopes,
+                              implementation=impl, **extra)
+      return jnp.sum(out * out), out
+    return jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)
+
+  (_, ref_out), ref_grads = jax.jit(loss("xla"))(q, k, v, bias)
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+  with jax.set_mesh(mesh):
+    qkv = (jax.device_put(q, NamedSharding(mesh, P("data", None, "model"))),
+           *jax.device_put((k, v), NamedSharding(mesh, P("data"))))
+    b = jax.device_put(bias, NamedSharding(mesh, P("data")))
+    (_, out), grads = jax.jit(loss("pallas"))(*qkv, b)
+    # 2 kv heads do not split over 4 "model" devices: the heads are gathered, batch stays.
+    assert jax.typeof(out).sharding.spec[0] == "data"
+  chex.assert_trees_all_close(out, ref_out, atol=2e-5, rtol=2e-5)
+  chex.assert_trees_all_close(grads, ref_grads, atol=5e-5, rtol=5e-5)
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+  with jax.set_mesh(mesh):
+    qkv = jax.device_put((q, k, v), NamedSharding(mesh, P("data", None, "model")))
+    b = jax.device_put(bias, NamedSharding(mesh, P("data")))
+    (_, out), grads = jax.jit(loss("pallas"))(*qkv, b)
+    assert jax.typeof(out).sharding.spec[:3] == ("data", None, "model")
+  chex.assert_trees_all_close(out, ref_out, atol=2e-5, rtol=2e-5)
+  chex.assert_trees_all_close(grads, ref_grads, atol=5e-5, rtol=5e-5)
+
+
+def test_auto_under_explicit_mesh_with_array_mask_skips_pallas(monkeypatch):
+  """A mask holding arrays (segment ids) under an explicit mesh: "pallas" refuses it with a
+  clear error and "auto" (forced past the dense path) runs chunked, equal to "xla"."""
   monkeypatch.setattr(attnlab.core.api, "AUTO_DENSE_LIMIT_BYTES", 0)
   q, k, v, w = _inputs(64)
+  ids = jnp.repeat(jnp.arange(4)[None], N, axis=0).repeat(8, axis=1)  # [N, 32]
+  mask = attnlab.masks.SegmentMask(ids, ids)
+
+  def attn(impl):
+    return lambda q, k, v: attnlab.attention(q, k, v, mask=mask, is_causal=True,
+                                             implementation=impl, block_q=16, block_k=16)
   mesh = jax.make_mesh((N,), ("data",), axis_types=(AxisType.Explicit,))
   with jax.set_mesh(mesh):
     args = jax.device_put((q, k, v), NamedSharding(mesh, P("data")))
-    call = dict(q=args[0], k=args[1], v=args[2], block_q=16, block_k=16)
+    with pytest.raises(ValueError, match=r"mask \(And\) holds arrays"):
+      jax.jit(attn("pallas"))(*args)
     chosen = []
     jax.jit(lambda q, k, v: chosen.append(attnlab.core.api.choose_implementation(
-        "softmax", "auto", **{**call, "q": q, "k": k, "v": v})) or q)(*args)
+        "softmax", "auto", q=q, k=k, v=v, mask=mask, block_q=16, block_k=16)) or q)(*args)
     assert chosen == ["chunked"]
-    out, grads = _run("explicit", _attn("auto", "softmax"), q, k, v, w)
-  ref_out, ref_grads = jax.jit(_value_and_grads(_attn("xla", "softmax"), w))(q, k, v)
+    out, grads = _run("explicit", attn("auto"), q, k, v, w)
+  ref_out, ref_grads = jax.jit(_value_and_grads(
+      lambda q, k, v: attnlab.attention(q, k, v, mask=mask, is_causal=True,
+                                        implementation="xla"), w))(q, k, v)
   chex.assert_trees_all_close(out, ref_out, atol=2e-5, rtol=2e-5)
   chex.assert_trees_all_close(grads, ref_grads, atol=2e-5, rtol=2e-5)

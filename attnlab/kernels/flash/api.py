@@ -30,6 +30,7 @@ from attnlab.kernels.flash import autotune
 from attnlab.kernels.flash import backward
 from attnlab.kernels.flash import forward
 from attnlab.kernels.flash import masks
+from attnlab.kernels.flash import sharding
 from attnlab.kernels.flash import support
 from attnlab.kernels.flash import tables
 from attnlab.kernels.flash.config import Config
@@ -135,6 +136,20 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   reason = unsupported_reason(normalizer=normalizer, **call)
   if reason:
     raise ValueError(f"Pallas flash attention does not support this call: {reason}")
+  if not debug_counts and sharding.is_explicitly_sharded((q, k, v, bias, alibi_slopes,
+                                                          q_offset)):
+    kernel = functools.partial(
+        flash_attention, mask=mask, scale=scale, softcap=softcap, normalizer=normalizer,
+        sigmoid_bias=sigmoid_bias, block_q=block_q, block_k=block_k, block_q_bwd=block_q_bwd,
+        block_k_bwd=block_k_bwd, num_warps=num_warps, num_stages=num_stages,
+        num_warps_bwd=num_warps_bwd, num_stages_bwd=num_stages_bwd,
+        kernel_backend=kernel_backend, interpret=interpret)
+    out = sharding.run(kernel, q, k, v, bias=bias, alibi_slopes=alibi_slopes,
+                       q_offset=q_offset)
+    head_mask_ = common.check_head_vector(head_mask, "head_mask", q.shape[0], q.shape[2])
+    out = common.apply_head_mask(out, head_mask_)
+    return (out, _reference_weights(q, k, v, mask, bias, scale, softcap, alibi_slopes,
+                                    q_offset, normalizer, sigmoid_bias)) if return_weights else out
   mask, bias, scale, alibi, head_mask_ = softmax_lib.prepare(q, k, v, mask, bias, scale,
                                                              alibi_slopes, head_mask)
   b, tq, h, d = q.shape
@@ -231,14 +246,21 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
     return out, counts[:, :, :, 0, :2]
   if not return_weights:
     return out
+  bias = bias if bias is None else bias[
+      :, :, :tq if bias.shape[2] > 1 else None, :tk if bias.shape[3] > 1 else None]
+  return out, _reference_weights(q, k, v, mask, bias, scale, softcap, alibi_slopes, q_offset,
+                                 normalizer, sigmoid_bias)
+
+
+def _reference_weights(q, k, v, mask, bias, scale, softcap, alibi_slopes, q_offset, normalizer,
+                       sigmoid_bias):
+  """``[B, H, Tq, Tk]`` attention weights from the dense reference (``return_weights``)."""
   ref = sigmoid_lib.sigmoid_attention if normalizer == "sigmoid" else (
       softmax_lib.softmax_attention)
   extra = {"sigmoid_bias": sigmoid_bias} if normalizer == "sigmoid" else {}
-  _, weights = ref(q, k, v, mask=mask, bias=bias if bias is None else bias[
-      :, :, :tq if bias.shape[2] > 1 else None, :tk if bias.shape[3] > 1 else None],
-      scale=scale, softcap=softcap, alibi_slopes=alibi_slopes, q_offset=q_offset,
-      return_weights=True, **extra)
-  return out, weights
+  _, weights = ref(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
+                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True, **extra)
+  return weights
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ arguments, shapes, dtype (``SUPPORTED_DTYPES``), head dims (``SUPPORTED_HEAD_DIM
 (``attnlab.kernels.flash.masks.check_supported``), the driver (``BACKENDS``) against the
 platform, static scale / soft-cap / sigmoid bias, block sizes, forward-mode autodiff (the
 kernel is a ``jax.custom_vjp``: JVP-traced inputs are refused, so "auto" picks "xla" under
-``jax.jvp`` / ``jax.jacfwd``) and explicit sharding (inputs sharded over an explicit-axis mesh,
-``jax.make_mesh``'s default, are refused: the kernel body cannot index sharded refs; "auto"
-falls back to "chunked"). Inside ``jax.shard_map`` the kernel runs on the local blocks, but
-only with ``check_vma=False``: varying inputs (``check_vma=True``, the default) are refused.
+``jax.jvp`` / ``jax.jacfwd``) and explicit sharding (inputs sharded over an explicit-axis
+mesh, ``jax.make_mesh``'s default, run the kernel per device block under ``jax.shard_map``,
+see ``flash/sharding.py``; masks holding arrays are refused there and "auto" falls back to
+"chunked"). Inside a user's
+``jax.shard_map`` the kernel runs on the local blocks, but only with ``check_vma=False``:
+varying inputs (``check_vma=True``, the default) are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from attnlab.core import chunked
 from attnlab.core import common
 from attnlab.kernels.flash import masks
+from attnlab.kernels.flash import sharding
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
@@ -38,15 +41,6 @@ _CONTRACT_KWARGS = ("q", "k", "v", "mask", "bias", "scale", "softcap", "alibi_sl
 
 def _pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
-
-
-def _explicitly_sharded(x) -> bool:
-  """Whether ``x``'s type carries a sharding over an explicit mesh axis (under ``jit``)."""
-  try:
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-  except TypeError:  # not an array-like leaf
-    return False
-  return spec is not None and any(p is not None for p in spec)
 
 
 def default_backend_for_platform(platform: str | None = None) -> str:
@@ -106,13 +100,10 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   reason = chunked.forward_mode_reason(arrays)
   if reason:
     return reason
-  sharded = sorted(n for n, x in arrays.items()
-                   if any(_explicitly_sharded(leaf) for leaf in jax.tree.leaves(x)))
-  if sharded:
-    return (f"{', '.join(sharded)} sharded over an explicit-axis mesh "
-            "(jax.sharding.AxisType.Explicit) is not supported by the Pallas kernel; wrap the "
-            "call in jax.shard_map(..., check_vma=False), or use implementation='chunked' or "
-            "'xla'")
+  if sharding.is_explicitly_sharded(arrays):
+    reason = sharding.unsupported_reason(call.get("mask"))
+    if reason:
+      return reason
   if chunked._varying_axes(arrays):  # pylint: disable=protected-access
     return ("inputs varying over jax.shard_map axes with check_vma=True are not supported by "
             "the Pallas kernel (pallas_call outputs carry no varying axes); pass "
