@@ -48,7 +48,8 @@ def test_attention_pallas_sigmoid_kwargs_and_traced_offset():
 
 
 @pytest.mark.parametrize("case, match", [
-    (dict(d=32), "head_dim 32"),
+    (dict(d=20), "head_dim 20 is not supported .*multiples of 8 up to 256"),
+    (dict(d=264), "head_dim 264"),
     (dict(dtype=jnp.float64), "dtype"),
     (dict(mask=masks.ArrayMask(np.ones((8, 8), bool))), "ArrayMask"),
     (dict(block_q=48), "power of two"),
@@ -70,9 +71,12 @@ def test_auto_uses_pallas_on_accelerators_and_falls_back(monkeypatch):
               alibi_slopes=None, q_offset=0, head_mask=None, return_weights=False)
   assert api.choose_implementation("softmax", "auto", **call) == "pallas"
   assert api.choose_implementation("sigmoid", "auto", **call) == "pallas"
-  q32 = jnp.zeros((1, 4096, 8, 32), jnp.bfloat16)  # unsupported head_dim -> chunked
+  q32 = jnp.zeros((1, 4096, 8, 32), jnp.bfloat16)  # head_dim 32: padded to 64 by the kernel
   call32 = dict(call, q=q32, k=q32, v=q32)
-  assert api.choose_implementation("softmax", "auto", **call32) == "chunked"
+  assert api.choose_implementation("softmax", "auto", **call32) == "pallas"
+  q20 = jnp.zeros((1, 4096, 8, 20), jnp.bfloat16)  # not a multiple of 8 -> chunked
+  call20 = dict(call, q=q20, k=q20, v=q20)
+  assert api.choose_implementation("softmax", "auto", **call20) == "chunked"
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert api.choose_implementation("softmax", "auto", **call) != "pallas"
 

@@ -86,6 +86,10 @@ CASES = {
                                      block_q=16, block_k=32, block_q_bwd=64, block_k_bwd=16),
     "d256_mqa_dv128": dict(d=256, dv=128, b=1, h=2, kh=1, tq=40, tk=40,
                            mask=masks.CausalMask()),
+    # head dims that are not native kernel widths (zero-padded to 64 / 128 by the wrapper)
+    "d32_causal": dict(d=32, b=1, tq=40, tk=40, mask=masks.CausalMask()),
+    "d96_dv80_sigmoid_bias": dict(d=96, dv=80, b=1, h=2, kh=1, tq=40, tk=40,
+                                  normalizer="sigmoid", bias_shape=(1, 2, 40, 40)),
 }
 
 

@@ -152,8 +152,15 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
                                     q_offset, normalizer, sigmoid_bias)) if return_weights else out
   mask, bias, scale, alibi, head_mask_ = softmax_lib.prepare(q, k, v, mask, bias, scale,
                                                              alibi_slopes, head_mask)
-  b, tq, h, d = q.shape
-  tk, kh, dv = k.shape[1], k.shape[2], v.shape[-1]
+  b, tq, h, d_in = q.shape
+  tk, kh, dv_in = k.shape[1], k.shape[2], v.shape[-1]
+  # Head dims that are not a native kernel width are zero-padded: zero q/k columns add nothing
+  # to the logits (the scale was fixed from the true head dim above), zero v columns give zero
+  # output columns, sliced off below; the padded columns' gradients are sliced off by jnp.pad's
+  # transpose.
+  d, dv = support.padded_head_dim(d_in), support.padded_head_dim(dv_in)
+  q_in, k_in, v_in = q, k, v
+  q, k, v = _pad_axis(q, 3, d), _pad_axis(k, 3, d), _pad_axis(v, 3, dv)
   platform = jax.default_backend()
   backend = kernel_backend or support.default_backend_for_platform(platform)
   if interpret is None:
@@ -241,7 +248,8 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
                  dkv_tables, vis_dq)
   if backend == "mosaic":
     out = out.transpose(0, 2, 1, 3)
-  out = common.apply_head_mask(out[:, :tq], head_mask_)
+  out = common.apply_head_mask(out[:, :tq, :, :dv_in], head_mask_)
+  q, k, v = q_in, k_in, v_in
   if debug_counts:
     return out, counts[:, :, :, 0, :2]
   if not return_weights:

@@ -3,7 +3,8 @@
 ``unsupported_reason(**call)`` is the registry's ``supports`` for the "pallas" implementation:
 None when the kernel takes the call, else a sentence saying why not (``implementation="auto"``
 then falls back to "chunked"; ``implementation="pallas"`` raises it). Checked: keyword
-arguments, shapes, dtype (``SUPPORTED_DTYPES``), head dims (``SUPPORTED_HEAD_DIMS``), the mask
+arguments, shapes, dtype (``SUPPORTED_DTYPES``), head dims (multiples of 8 up to
+256, zero-padded to ``SUPPORTED_HEAD_DIMS``), the mask
 (``attnlab.kernels.flash.masks.check_supported``), the driver (``BACKENDS``) against the
 platform, static scale / soft-cap / sigmoid bias, block sizes, forward-mode autodiff (the
 kernel is a ``jax.custom_vjp``: JVP-traced inputs are refused, so "auto" picks "xla" under
@@ -28,7 +29,15 @@ from attnlab.core import common
 from attnlab.kernels.flash import masks
 from attnlab.kernels.flash import sharding
 
+# The kernels' native head widths; any head dim that is a multiple of HEAD_DIM_MULTIPLE up to
+# the largest of them is zero-padded to the next native width by the wrapper (api.py).
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
+HEAD_DIM_MULTIPLE = 8
+
+
+def padded_head_dim(d: int) -> int:
+  """The native kernel width a head dim ``d`` is zero-padded to (``d`` <= 256)."""
+  return next(w for w in SUPPORTED_HEAD_DIMS if w >= d)
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 BACKENDS = ("triton", "mosaic")
 
@@ -80,11 +89,10 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   if dt not in SUPPORTED_DTYPES:
     return f"dtype {dt} is not supported (bfloat16, float16, float32)"
   d, dv = q.shape[-1], v.shape[-1]
-  if d not in SUPPORTED_HEAD_DIMS:
-    return f"head_dim {d} is not supported by the Pallas kernel (supported: {SUPPORTED_HEAD_DIMS})"
-  if dv not in SUPPORTED_HEAD_DIMS:
-    return (f"v head_dim {dv} is not supported by the Pallas kernel (supported: "
-            f"{SUPPORTED_HEAD_DIMS})")
+  for name, n in (("head_dim", d), ("v head_dim", dv)):
+    if n % HEAD_DIM_MULTIPLE or not 0 < n <= SUPPORTED_HEAD_DIMS[-1]:
+      return (f"{name} {n} is not supported by the Pallas kernel (supported: multiples of "
+              f"{HEAD_DIM_MULTIPLE} up to {SUPPORTED_HEAD_DIMS[-1]})")
   reason = masks.check_supported(call.get("mask"))
   if reason:
     return reason
