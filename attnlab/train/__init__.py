@@ -2,7 +2,8 @@
 
 Modules: ``config_lib`` (base config, validation), ``optim`` (schedules, optimizers),
 ``sharding`` (mesh, shardings, global batches), ``steps`` (pure train / eval steps),
-``checkpointing`` (orbax), ``metrics`` (metrics.jsonl, TensorBoard, MFU), ``trainer`` (the
+``checkpointing`` (orbax, checksums, fallback), ``distributed`` (joining a job, barriers),
+``metrics`` (metrics.jsonl, TensorBoard, MFU), ``trainer`` (the
 loop), ``plot`` (curves to PNG), ``launch_local`` (multi-process simulation on one machine).
 The names below are imported lazily, so ``python -m attnlab.train.plot`` stays light.
 """
@@ -12,7 +13,8 @@ import importlib
 _LAZY = {
     "ConfigError": "config_lib", "base_config": "config_lib", "validate_config": "config_lib",
     "make_optimizer": "optim", "make_schedule": "optim",
-    "NonFiniteError": "trainer", "Setup": "trainer", "evaluate": "trainer",
+    "NonFiniteError": "trainer", "DataError": "trainer", "WorkdirError": "trainer",
+    "Setup": "trainer", "evaluate": "trainer",
     "train_and_evaluate": "trainer",
 }
 

@@ -8,8 +8,11 @@ checkpoint (refused if the checkpoint was written by a different model config).
 The config is validated once, at start-up (``config_lib.validate_config``; the trainer is
 called with ``validate=False``). User errors (an unknown override key or a bad override
 value, a missing config file, a config file whose ``get_config`` raises, a bad config, a
-workdir that is a file, checkpoints of a different model) print one line ``error: ...`` on
+workdir that is a file, checkpoints of a different model, unusable data files in
+``config.data``, a workdir whose checkpoints are all damaged) print one line ``error: ...`` on
 stderr, without a traceback, and exit with status 2; a non-finite loss exits with status 3.
+Ctrl-C or SIGTERM during training saves a checkpoint and exits 0 ("Stopping at step N
+(reason)"); a second Ctrl-C exits at once with status 130.
 
 Multi-host: ``--multihost`` calls ``jax.distributed.initialize()`` (auto-detected on Cloud
 TPU, Slurm, ...); or give ``--coordinator_address host:port --num_processes N
@@ -48,6 +51,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 USER_ERROR_EXIT = 2
 NON_FINITE_EXIT = 3
+INTERRUPTED_EXIT = 130
 
 
 class UserError(Exception):
@@ -231,8 +235,8 @@ def main(argv):
   if logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # pylint: disable=g-import-not-at-top
   from attnlab.train import config_lib  # pylint: disable=g-import-not-at-top
+  from attnlab.train import distributed  # pylint: disable=g-import-not-at-top
   from attnlab.train import trainer  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
@@ -240,13 +244,15 @@ def main(argv):
     # Checked once, before joining a cluster (validation starts no JAX backend).
     config_lib.validate_config(config)
     if dist is not None:
-      logging.info("jax.distributed.initialize(%s)", dist)
-      jax.distributed.initialize(**dist)
+      distributed.initialize(**dist)
     trainer.train_and_evaluate(config, _WORKDIR.value, validate=False)
-  except (UserError, config_lib.ConfigError, trainer.WorkdirError) as e:
+  except (UserError, config_lib.ConfigError, trainer.WorkdirError, trainer.DataError) as e:
     _fail(e, USER_ERROR_EXIT)
   except trainer.NonFiniteError as e:
     _fail(e, NON_FINITE_EXIT)
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it saves and stops)
+    _fail("interrupted (Ctrl-C) outside the training loop; no checkpoint was saved for it",
+          INTERRUPTED_EXIT)
 
 
 def run():

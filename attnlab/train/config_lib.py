@@ -30,6 +30,9 @@ Top-level keys (all required; unknown keys are an error):
   checkpoint_every      int >= 0, steps between checkpoints (0 = only at the end)
   keep_checkpoints      int >= 1, checkpoints kept (the newest N)
   async_checkpointing   bool, write checkpoints in a background thread
+  restart_from_scratch  bool, when every checkpoint of the workdir is damaged (moved to
+                        checkpoints/corrupt/), start again from step 0 instead of stopping
+                        with an error
   stop_at_step          int, stop (with a checkpoint) after this step, as if preempted;
                         -1 = never. Schedules still follow total_steps.
   debug_nan_at_step     int, make the loss NaN in the update that produces this step
@@ -113,6 +116,7 @@ def base_config() -> ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.async_checkpointing = True
+  c.restart_from_scratch = False
   c.stop_at_step = -1
   c.debug_nan_at_step = -1
   c.peak_flops_per_device = 0.0
@@ -211,6 +215,9 @@ def validate_config(config: ConfigDict) -> None:
   if not isinstance(config.async_checkpointing, bool):
     errors.append(f"config.async_checkpointing must be a bool, got "
                   f"{config.async_checkpointing!r}")
+  if not isinstance(config.get("restart_from_scratch", False), bool):
+    errors.append(f"config.restart_from_scratch must be a bool, got "
+                  f"{config.restart_from_scratch!r}")
   if (_is_int(config.batch_size) and _is_int(config.grad_accum_steps)
       and config.grad_accum_steps >= 1 and config.batch_size % config.grad_accum_steps):
     errors.append(f"config.batch_size={config.batch_size} must be divisible by "
@@ -311,8 +318,8 @@ def _base_schema() -> ConfigDict:
   for k in ("seed", "total_steps", "batch_size", "grad_accum_steps", "data", "model",
             "optimizer", "schedule", "mesh", "logical_axis_rules", "log_every", "eval_every",
             "eval_steps", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-            "async_checkpointing", "stop_at_step", "debug_nan_at_step",
-            "peak_flops_per_device"):
+            "async_checkpointing", "restart_from_scratch", "stop_at_step",
+            "debug_nan_at_step", "peak_flops_per_device"):
     c[k] = 0
   return c
 

@@ -3,9 +3,14 @@
 ``DIR/metrics.jsonl`` gets one JSON object per logged step, e.g.
 ``{"step": 100, "train/loss": 2.31, "train/lr": 0.001, ...}`` and, at eval steps, a separate
 record ``{"step": 100, "eval/loss": ..., "eval/accuracy": ..., "eval/bits_per_byte": ...}``.
-TensorBoard event files (tensorboardX, no TensorFlow) go to ``DIR/tb``. Only process 0
+A non-finite value (NaN, inf) is written as JSON ``null`` and its key listed in the record's
+``"non_finite"`` field (``{"step": 5, "train/loss": null, "non_finite": ["train/loss"]}``), so
+that strict JSON parsers read every line. TensorBoard event files (tensorboardX, no TensorFlow)
+go to ``DIR/tb``. Only process 0
 writes. On resume, records after the restored step are dropped (they belonged to the
-interrupted run and are recomputed) and TensorBoard purges them (``purge_step``).
+interrupted run and are recomputed) and TensorBoard purges them (``purge_step``); a run that
+starts afresh in a used workdir (``start_step=-1``: killed before its first checkpoint, or
+restarted from scratch) drops them all.
 
 MFU (model FLOPs utilisation) = model FLOP/s / peak FLOP/s. Model FLOPs per token follow
 PaLM (arXiv 2204.02311, appendix B): ``6 * N + 12 * L * H * Dh * T`` for a forward and backward
@@ -79,19 +84,18 @@ class MetricsWriter:
     truncate_metrics(self.path, start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._tb = SummaryWriter(str(self.workdir / TB_DIR),
-                             purge_step=start_step + 1 if start_step > 0 else None)
+                             purge_step=start_step + 1 if start_step != 0 else None)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step)}
-    for k, v in metrics.items():
-      record[k] = _to_python(v)
+    record = json_record(step, metrics)
     with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-    for k, v in record.items():
-      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-        self._tb.add_scalar(k, v, global_step=int(step))
+      f.write(json.dumps(record, allow_nan=False) + "\n")
+    for k, v in metrics.items():
+      v = _to_python(v)
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(k, v, global_step=int(step))  # NaN/inf too: TB shows them
     self._tb.flush()
 
   def write_text(self, tag: str, text: str, step: int = 0) -> None:
@@ -102,6 +106,21 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def json_record(step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """``{"step": step, **metrics}`` with NaN/inf as None, listed under ``"non_finite"``."""
+  record: dict[str, Any] = {"step": int(step)}
+  bad = []
+  for k, v in metrics.items():
+    v = _to_python(v)
+    if isinstance(v, float) and not math.isfinite(v):
+      bad.append(k)
+      v = None
+    record[k] = v
+  if bad:
+    record["non_finite"] = bad
+  return record
 
 
 def _to_python(v: Any) -> Any:

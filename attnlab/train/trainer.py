@@ -21,14 +21,21 @@ Workdir layout::
 
 A non-finite loss or gradient norm stops the run with :class:`NonFiniteError`; the update of
 that step is discarded inside the step, nothing is saved after it, so the newest checkpoint is
-the last good one. ``config.stop_at_step`` or SIGTERM stop early with a checkpoint (a
-preemption); the next run with the same workdir resumes and reproduces the uninterrupted run.
+the last good one (see :func:`_non_finite` for a checkpoint resumed without checksums).
+``config.stop_at_step``, SIGTERM or Ctrl-C stop early with a checkpoint at the current step (a
+preemption; a second Ctrl-C exits at once); the next run with the same workdir resumes from
+the newest checkpoint that verifies (damaged ones are moved to ``checkpoints/corrupt/``, see
+:mod:`checkpointing`) and reproduces the uninterrupted run, metrics windows included (the
+partial window is saved with each checkpoint). Multi-process runs compile their steps, then
+meet at a barrier before the first collective (:mod:`distributed`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
 import threading
 import time
@@ -44,6 +51,7 @@ from flax import nnx
 from attnlab import data as data_lib
 from attnlab.train import checkpointing
 from attnlab.train import config_lib
+from attnlab.train import distributed
 from attnlab.train import metrics as metrics_lib
 from attnlab.train import optim
 from attnlab.train import sharding as sharding_lib
@@ -59,8 +67,13 @@ class NonFiniteError(RuntimeError):
 WorkdirError = checkpointing.WorkdirError
 
 
-def prepare_workdir(workdir: str | Path) -> Path:
-  """The absolute workdir, created if missing; :class:`WorkdirError` if it cannot be."""
+class DataError(ValueError):
+  """``config.data`` names data that cannot be used (a missing path, an empty folder, only
+  binary files, too little text for one sequence); the message is one line."""
+
+
+def check_workdir(workdir: str | Path) -> Path:
+  """The absolute workdir path; :class:`WorkdirError` for a URL or a file (creates nothing)."""
   if "://" in str(workdir):
     raise WorkdirError(f"workdir must be a local or shared-file-system path, got the URL "
                        f"{str(workdir)!r}; mount the bucket (e.g. gcsfuse at /gcs/<bucket>) "
@@ -69,6 +82,12 @@ def prepare_workdir(workdir: str | Path) -> Path:
   if path.exists() and not path.is_dir():
     raise WorkdirError(f"workdir {path} is a file, not a directory; pass a directory (new or "
                        "of an earlier run)")
+  return path
+
+
+def prepare_workdir(workdir: str | Path) -> Path:
+  """The absolute workdir, created if missing; :class:`WorkdirError` if it cannot be."""
+  path = check_workdir(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -210,27 +229,50 @@ def evaluate(setup: Setup, state: dict[str, Any], eval_ds, *, num_batches: int,
 
 
 class _StopSignal:
-  """SIGTERM -> stop at the next step with a checkpoint (single process, main thread only;
-  multi-process jobs use JAX's preemption sync point so that all processes stop together)."""
+  """SIGINT (Ctrl-C) and SIGTERM -> save a checkpoint after the current step and stop; a
+  second SIGINT exits at once (status 130, nothing saved).
+
+  Installed from the main thread only. In a multi-process job, JAX's preemption notifier owns
+  SIGTERM (every process then stops at the same step, ``reached_preemption_sync_point``); a
+  SIGINT is turned into a SIGTERM to this process so that it takes the same path.
+  """
 
   def __init__(self):
-    self.requested = False
+    self.reason: str | None = None
     self._old = {}
+    self._interrupts = 0
+    self._via_jax = distributed.preemption_service_active()
 
   def __enter__(self):
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      for sig in (signal.SIGTERM,):
+    if threading.current_thread() is threading.main_thread():
+      sigs = (signal.SIGINT,) if self._via_jax else (signal.SIGINT, signal.SIGTERM)
+      for sig in sigs:
         try:
           self._old[sig] = signal.signal(sig, self._handle)
         except (ValueError, OSError):
           pass
     return self
 
+  @property
+  def requested(self) -> bool:
+    """Stop after this step (single process: the signal alone decides)."""
+    return self.reason is not None and not self._via_jax
+
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
-    self.requested = True
+    if signum == signal.SIGINT:
+      self._interrupts += 1
+      if self._interrupts > 1:
+        os.write(2, b"Second Ctrl-C: exiting at once, without saving.\n")
+        os._exit(130)  # pylint: disable=protected-access
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+    if self.reason is None:
+      self.reason = name
+    logging.warning("Received %s: saving a checkpoint after the current step, then stopping%s.",
+                    name, "; press Ctrl-C again to exit at once without saving"
+                    if signum == signal.SIGINT else "")
+    if self._via_jax and signum == signal.SIGINT:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notice: all stop together
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -247,46 +289,94 @@ def _reached_preemption(step: int) -> bool:
     return False
 
 
+def _open_data(config: ConfigDict):
+  """(train iterator, eval dataset); a bad data path is a one-line :class:`DataError`."""
+  try:
+    return make_train_iterator(config), make_eval_dataset(config)
+  except (ValueError, TypeError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    raise DataError(f"config.data: {text}") from e
+
+
+def _remove_new_workdir(path: Path) -> None:
+  """Remove a workdir this call created, if no checkpoint made it worth keeping."""
+  if jax.process_index() != 0 or not path.is_dir():
+    return
+  ckpts = path / checkpointing.CHECKPOINT_DIR
+  if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+    return
+  shutil.rmtree(path, ignore_errors=True)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str, *, validate: bool = True
                        ) -> dict[str, Any]:
   """Train (resuming from `workdir` if it has checkpoints); return the last metrics.
 
-  Returns a dict with ``step``, ``status`` ("done" | "stopped") and the last logged train
-  and eval metrics. Raises :class:`NonFiniteError` on a NaN/inf loss,
-  :class:`config_lib.ConfigError` on a bad config (``validate=False`` skips
-  ``config_lib.validate_config``, for callers that ran it already) and :class:`WorkdirError`
-  on an unusable workdir or checkpoints of a different model.
+  Returns a dict with ``step``, ``status`` ("done" | "stopped"), ``stop_reason`` (when
+  stopped) and the last logged train and eval metrics. Raises :class:`NonFiniteError` on a
+  NaN/inf loss, :class:`config_lib.ConfigError` on a bad config (``validate=False`` skips
+  ``config_lib.validate_config``, for callers that ran it already), :class:`DataError` on
+  unusable data files, :class:`WorkdirError` on an unusable workdir, checkpoints of a
+  different model or only damaged checkpoints (``checkpointing.NoUsableCheckpointError``).
+  A workdir created by this call is removed again when a user error stops the run before
+  its first checkpoint.
   """
   if validate:
     config_lib.validate_config(config)
+  check_workdir(workdir)
+  train_iter, eval_ds = _open_data(config)  # before the workdir exists: no empty one left
+  created = not Path(workdir).absolute().exists()
   workdir_path = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
 
   t0 = time.time()
-  ckpt = checkpointing.Checkpointer(workdir_path, keep=config.keep_checkpoints,
-                                    async_save=config.async_checkpointing)
   try:
-    return _train(config, workdir_path, ckpt, is_main, t0)
-  finally:
-    ckpt.close()
+    ckpt = checkpointing.Checkpointer(workdir_path, keep=config.keep_checkpoints,
+                                      async_save=config.async_checkpointing)
+    try:
+      return _train(config, workdir_path, ckpt, is_main, t0, train_iter, eval_ds)
+    finally:
+      ckpt.close()
+  except (config_lib.ConfigError, WorkdirError, DataError):
+    if created:
+      _remove_new_workdir(workdir_path)
+    raise
 
 
 def _json(x: Any) -> Any:
   return json.loads(x.to_json_best_effort()) if isinstance(x, ConfigDict) else x
 
 
+def _compile_and_meet(setup: Setup, state: dict[str, Any], batch: dict[str, jax.Array],
+                      eval_ds) -> None:
+  """Multi-process: compile the steps ahead of time, then wait for every process at a
+  coordination-service barrier, so that the first collective never waits for another
+  process's compilation (a warm cache on one process, a miss on another)."""
+  t = time.time()
+  setup.train_step.lower(state, batch).compile()
+  for local in eval_ds:
+    setup.eval_step.lower(state, setup.global_batch(local)).compile()
+    break
+  setup.all_finite.lower(state["params"]).compile()
+  logging.info("Compiled the steps in %.1fs; waiting for the other processes.",
+               time.time() - t)
+  distributed.barrier("attnlab_steps_compiled")
+  logging.info("All %d processes are ready (waited %.1fs in all).", jax.process_count(),
+               time.time() - t)
+
+
 def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpointer,
-           is_main: bool, t0: float) -> dict[str, Any]:
+           is_main: bool, t0: float, train_iter, eval_ds) -> dict[str, Any]:
   config_json = config.to_json_best_effort(indent=2)
   resuming = ckpt.latest_step() is not None
   have_saved_config = True
   if resuming:  # before building anything: the same model, or a one-line error
     have_saved_config = checkpointing.check_model_config(
         workdir_path, _json(config.model), _json(config_lib.default_model_config()))
-  elif is_main:
-    checkpointing.write_run_config(workdir_path, config_json)
 
   setup = Setup(config)
+  if not resuming and is_main:
+    checkpointing.write_run_config(workdir_path, config_json)
   mesh = setup.mesh
   byte_lm = _is_byte_lm(config) and setup.task == steps_lib.TASK_LM
   seq_len = data_lib.resolve_config(config.data).seq_len
@@ -304,23 +394,37 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
                                     setup.abstract_state["params"]):
     logging.info("  sharded param %s", line)
 
-  train_iter = make_train_iterator(config)
-  eval_ds = make_eval_dataset(config)
-
-  start_step, state = ckpt.restore_latest(setup.abstract_state, train_iter)
-  if state is None:
+  try:
+    restored = ckpt.restore_newest(setup.abstract_state, train_iter)
+  except checkpointing.NoUsableCheckpointError as e:
+    if not config.restart_from_scratch:
+      raise
+    logging.warning("%s; config.restart_from_scratch=True: starting again from step 0.", e)
+    restored = None
+    train_iter = make_train_iterator(config)  # its position was never restored
+  window: list[dict[str, float]] = []
+  unverified_step = None  # a resumed checkpoint without checksums
+  if restored is None:
     start_step = 0
     state = setup.init_state()
+    if resuming and is_main:
+      checkpointing.write_run_config(workdir_path, config_json)
   else:
-    restored = int(jax.device_get(state["step"]))
-    if restored != start_step:
-      raise RuntimeError(f"checkpoint {start_step} holds step {restored}")
-    logging.info("Resumed from step %d", start_step)
+    start_step, state, window = restored.step, restored.state, restored.window
+    got = int(jax.device_get(state["step"]))
+    if got != start_step:
+      raise RuntimeError(f"checkpoint {start_step} holds step {got}")
+    if not restored.verified:
+      unverified_step = start_step
+    logging.info("Resumed from step %d%s", start_step,
+                 " (the newest usable checkpoint)" if restored.moved else "")
     if is_main and not have_saved_config:  # an older workdir: compare next time
       checkpointing.write_run_config(workdir_path, config_json)
   logging.info("Setup took %.1fs", time.time() - t0)
 
-  writer = metrics_lib.MetricsWriter(workdir_path, start_step=start_step)
+  # A fresh start (no checkpoint restored) drops every earlier record, step 0 included.
+  writer = metrics_lib.MetricsWriter(workdir_path,
+                                     start_step=start_step if restored is not None else -1)
   total = int(config.total_steps)
   result: dict[str, Any] = {"step": start_step, "status": "done"}
   if start_step >= total:
@@ -328,7 +432,7 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
     writer.close()
     return result
 
-  last_saved = start_step if ckpt.latest_step() is not None else None
+  last_saved = start_step if restored is not None else None
 
   def save(step: int):
     nonlocal last_saved
@@ -336,8 +440,12 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
       return
     if not bool(jax.device_get(setup.all_finite(state["params"]))):
       raise NonFiniteError(f"refusing to save non-finite parameters at step {step}")
-    ckpt.save(step, state, train_iter, config_json)
+    ckpt.save(step, state, train_iter, config_json, window=window)
     last_saved = step
+
+  first_local = next(train_iter)
+  if jax.process_count() > 1:
+    _compile_and_meet(setup, state, setup.global_batch(first_local), eval_ds)
 
   if start_step == 0 and config.eval_every > 0:  # the untrained baseline
     ev = evaluate(setup, state, eval_ds, num_batches=config.eval_steps, byte_lm=byte_lm)
@@ -346,47 +454,43 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
           f"{k.split('/')[-1]} {v:.4f}" for k, v in ev.items()))
       writer.write(0, ev)
 
-  window: list[dict[str, float]] = []
   window_t0 = None
   window_steps = 0
   recent_step_time = float("nan")
   step = start_step
-  stopped = False
+  stop_reason = None
   try:
     with _StopSignal() as stop_signal:
       while step < total:
-        local = next(train_iter)
+        local = first_local if step == start_step else next(train_iter)
         batch = setup.global_batch(local)
         if step == start_step:
           t_compile = time.time()
         state, m = setup.train_step(state, batch)
         m = jax.device_get(m)
         step += 1
+        ckpt.poll()
         if step == start_step + 1:
           logging.info("First step (incl. compilation) took %.1fs", time.time() - t_compile)
           window_t0 = time.time()
         else:
           window_steps += 1
         if not bool(m.pop("finite")):
-          rec = {"train/loss": float(m["train/loss"]),
-                 "train/grad_norm": float(m["train/grad_norm"])}
-          writer.write(step, rec)
-          ckpt.wait()
-          good = ckpt.latest_step()
-          where = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good
-                   is not None else "no checkpoint was saved")
-          raise NonFiniteError(
-              f"non-finite training loss/gradient at step {step} (loss="
-              f"{rec['train/loss']}, grad_norm={rec['train/grad_norm']}); stopping. The "
-              f"update was discarded and nothing was saved after it; {where}. Lower "
-              f"optimizer.learning_rate, raise schedule.warmup_steps or set "
-              f"optimizer.grad_clip_norm.")
+          _non_finite(step, m, writer, ckpt, unverified_step)
         window.append({k: float(v) for k, v in m.items()})
 
         is_last = step == total
-        stop_now = ((config.stop_at_step > 0 and step == config.stop_at_step)
-                    or stop_signal.requested or _reached_preemption(step))
-        if step % config.log_every == 0 or is_last or stop_now:
+        log_now = step % config.log_every == 0 or is_last
+        if config.stop_at_step > 0 and step == config.stop_at_step:
+          stop_reason = "stop_at_step"
+        elif stop_signal.requested:
+          stop_reason = stop_signal.reason
+        elif _reached_preemption(step):
+          stop_reason = (f"{stop_signal.reason}, as a JAX preemption notice"
+                         if stop_signal.reason else
+                         "a JAX preemption notice (SIGTERM to a process of the job)")
+        stop_now = stop_reason is not None
+        if log_now or stop_now:
           now = time.time()
           rec = _mean(window)
           rec.pop("train/weight_sum", None)
@@ -399,10 +503,16 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
             rec["perf/tokens_per_sec"] = tokens_per_step / dt
             rec["perf/mfu"] = flops_per_token * tokens_per_step / dt / peak_total
           eta = (total - step) * recent_step_time
-          logging.info("%s", metrics_lib.console_line(step, total, rec, eta))
-          writer.write(step, rec)
-          result.update(rec)
-          window, window_t0, window_steps = [], now, 0
+          line = metrics_lib.console_line(step, total, rec, eta)
+          if log_now:
+            logging.info("%s", line)
+            writer.write(step, rec)
+            result.update(rec)
+            window, window_t0, window_steps = [], now, 0
+          else:  # a stop between logged steps: the window continues after the resume
+            logging.info("%s (%d step(s) since the last logged step; this window is saved "
+                         "with the checkpoint and continues after the resume)", line,
+                         len(window))
         eval_now = is_last or (config.eval_every > 0 and step % config.eval_every == 0)
         if eval_now:
           te = time.time()
@@ -422,18 +532,46 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
           if window_t0 is not None:
             window_t0 += time.time() - ts
         if stop_now and not is_last:
-          logging.info("Stopping at step %d (%s); resume with the same --workdir.", step,
-                       "signal" if stop_signal.requested else "stop_at_step")
-          stopped = True
+          logging.info("Stopping at step %d (%s); saved a checkpoint at step %d; resume with "
+                       "the same --workdir.", step, stop_reason, step)
           break
+        stop_reason = None
   finally:
-    ckpt.close()  # waits for the last save
+    ckpt.close()  # waits for the last save, writes its checksums
     writer.close()
   result["step"] = step
-  result["status"] = "stopped" if stopped else "done"
+  result["status"] = "stopped" if stop_reason else "done"
+  if stop_reason:
+    result["stop_reason"] = stop_reason
   logging.info("Finished at step %d/%d in %s (%s).", step, total,
                metrics_lib.format_duration(time.time() - t0), result["status"])
   return result
+
+
+def _non_finite(step: int, m: dict[str, Any], writer: metrics_lib.MetricsWriter,
+                ckpt: checkpointing.Checkpointer, unverified_step: int | None) -> None:
+  """Record the non-finite step, name the last good checkpoint and raise NonFiniteError.
+
+  The last good checkpoint is the newest one whose integrity is known: saved by this run
+  (its checksums written) or verified when resumed. A checkpoint resumed *without* checksums
+  that training from it turned non-finite before the next checkpoint is suspect (it may be
+  damaged): it is moved to ``checkpoints/corrupt/`` so that a rerun resumes from the one
+  before it.
+  """
+  rec = {"train/loss": float(m["train/loss"]), "train/grad_norm": float(m["train/grad_norm"])}
+  writer.write(step, rec)
+  ckpt.wait()
+  good = ckpt.latest_step()
+  if good is not None and good == unverified_step:
+    ckpt.move_aside(good, f"resumed without checksums, then a non-finite loss at step {step}")
+    good = ckpt.latest_step()
+  where = (f"the last good checkpoint is step {good} in {ckpt.directory} (a rerun resumes "
+           "from it)" if good is not None else "no checkpoint was saved")
+  raise NonFiniteError(
+      f"non-finite training loss/gradient at step {step} (loss={rec['train/loss']}, "
+      f"grad_norm={rec['train/grad_norm']}); stopping. The update was discarded and nothing "
+      f"was saved after it; {where}. Lower optimizer.learning_rate, raise "
+      "schedule.warmup_steps or set optimizer.grad_clip_norm.")
 
 
 def _mean(records: list[dict[str, float]]) -> dict[str, float]:

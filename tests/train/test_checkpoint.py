@@ -141,5 +141,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_config, tmp_p
   _, restored = ckpt.restore_latest(setup.abstract_state, None)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
   records = read_metrics(tmp_path)
-  assert records[-1]["step"] == 5 and np.isnan(records[-1]["train/loss"])
+  # Strict JSON: NaN is written as null and flagged.
+  assert records[-1]["step"] == 5 and records[-1]["train/loss"] is None
+  assert "train/loss" in records[-1]["non_finite"]
+  line = (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
+  assert "NaN" not in line and json.loads(line, parse_constant=lambda c: 1 / 0)
   ckpt.close()
