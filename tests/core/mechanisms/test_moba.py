@@ -1,0 +1,173 @@
+"""MoBA ("moba"): both implementations against a naive reference written here (the routing as a
+numpy loop over queries and blocks -> a dense per-head mask -> ``jax.nn.dot_product_attention``),
+values and gradients; top-k = all blocks is causal attention; routing is causal; KV-cache
+decoding through ``MultiHeadAttention``; no ``[T, T]`` intermediate on the block-sparse path."""
+
+import chex
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import attnlab
+from attnlab import masks
+from attnlab.core.mechanisms import moba
+from attnlab.nn import attention as A
+
+from numeric_checks import assert_close, rand
+
+# "xla" is tied to "chunked" by tests/core/test_contract.py (test_vs_xla); its own naive
+# comparisons run in the slow suite.
+IMPLS = ("chunked", pytest.param("xla", marks=pytest.mark.slow))
+
+
+def naive_route(q, k, block, top_k, causal, kv_len=None):
+  """bool [B, H, Tq, Tk]: the keys each query attends to (loops; float64)."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  b, tq, h, _ = q.shape
+  tk, kh = k.shape[1], k.shape[2]
+  kv_len = [tk] * b if kv_len is None else kv_len
+  nb = -(-tk // block)
+  out = np.zeros((b, h, tq, tk), bool)
+  for bi in range(b):
+    for hi in range(h):
+      kk = k[bi, :, hi // (h // kh)]
+      for i in range(tq):
+        vis = np.arange(tk) < kv_len[bi]
+        if causal:
+          vis &= np.arange(tk) <= i
+        own = min(i // block, nb - 1)
+        scores = {}
+        for j in range(nb):
+          keys = [t for t in range(j * block, min((j + 1) * block, tk)) if vis[t]]
+          if keys:
+            scores[j] = np.inf if j == own else float(q[bi, i, hi] @ kk[keys].mean(0))
+        chosen = sorted(scores, key=lambda j: -scores[j])[:top_k]
+        for j in chosen:
+          out[bi, hi, i, j * block:(j + 1) * block] = vis[j * block:(j + 1) * block]
+  return out
+
+
+def naive_attention(q, k, v, allowed):
+  h, kh = q.shape[2], k.shape[2]
+  rep = lambda x: jnp.repeat(x, h // kh, axis=2)
+  out = jax.nn.dot_product_attention(q, rep(k), rep(v), mask=jnp.asarray(allowed))
+  # jax.nn averages over all keys on a fully masked row; attnlab's contract gives zeros.
+  return jnp.where(jnp.any(jnp.asarray(allowed), -1).transpose(0, 2, 1)[..., None], out, 0.0)
+
+
+def qkv(seed, b=2, t=37, h=4, kh=2, d=8):
+  return (jnp.asarray(rand(b, t, h, d, seed=seed)), jnp.asarray(rand(b, t, kh, d, seed=seed + 1)),
+          jnp.asarray(rand(b, t, kh, d, seed=seed + 2)))
+
+
+def fast_jit(fn, *args):
+  """Compiled at XLA optimisation level 0: about half the compile time on CPU, the same
+  float32 results at these tolerances (as tests/core/contract.py)."""
+  return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
+
+
+def run(impl, q, k, v, **kw):
+  return attnlab.attention(q, k, v, mechanism="moba", implementation=impl, **kw)
+
+
+def check_values_and_grads(fn, q, k, v, allowed):
+  ct = jnp.asarray(rand(*q.shape, seed=99))
+  loss = lambda f: (lambda *a: jnp.sum(f(*a) * ct))
+  vg = jax.value_and_grad(lambda *a: (loss(fn)(*a), fn(*a)), (0, 1, 2), has_aux=True)
+  (_, got), got_g = fast_jit(vg, q, k, v)(q, k, v)
+  ref = lambda q, k, v: naive_attention(q, k, v, allowed)
+  rvg = jax.value_and_grad(lambda *a: (loss(ref)(*a), ref(*a)), (0, 1, 2), has_aux=True)
+  (_, want), want_g = jax.jit(rvg)(q, k, v)
+  assert_close(got, want)
+  for a, b in zip(got_g, want_g):
+    assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_moba_causal_vs_naive(impl):
+  """Causal, GQA, Tk not a multiple of the block, top-k smaller than the number of blocks."""
+  q, k, v = qkv(0)
+  allowed = naive_route(q, k, 8, 3, causal=True)
+  assert not np.all(allowed == np.tril(np.ones((37, 37), bool)))  # routing drops blocks
+  check_values_and_grads(lambda q, k, v: run(impl, q, k, v, is_causal=True, block_size=8,
+                                             top_k=3), q, k, v, allowed)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_moba_bidirectional_and_padding_vs_naive(impl):
+  """No causal mask: every block is a candidate; padded keys (lengths) are not visible and do
+  not enter the gate's block means."""
+  q, k, v = qkv(10, t=29)
+  lengths = [20, 29]
+  allowed = naive_route(q, k, 6, 2, causal=False, kv_len=lengths)
+  mask = masks.ValidLengthMask(jnp.asarray(lengths))
+  check_values_and_grads(lambda q, k, v: run(impl, q, k, v, mask=mask, block_size=6, top_k=2),
+                         q, k, v, allowed)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_top_k_all_blocks_is_causal_attention(impl):
+  q, k, v = qkv(20, t=40)
+  got = fast_jit(lambda q, k, v: run(impl, q, k, v, is_causal=True, block_size=8, top_k=5),
+                 q, k, v)(q, k, v)
+  want = attnlab.attention(q, k, v, is_causal=True, implementation="xla")
+  assert_close(got, want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_routing_is_causal(impl):
+  """Changing token p (its q, k and v) leaves every output before p unchanged, exactly."""
+  q, k, v = qkv(30, t=48)
+  p = 29
+  q2, k2, v2 = (x.at[:, p:].add(5.0) for x in (q, k, v))
+  fn = fast_jit(lambda q, k, v: run(impl, q, k, v, is_causal=True, block_size=8, top_k=2),
+                q, k, v)
+  a, b = fn(q, k, v), fn(q2, k2, v2)
+  chex.assert_trees_all_equal(a[:, :p], b[:, :p])
+  assert float(jnp.abs(a[:, p:] - b[:, p:]).max()) > 1e-3
+
+
+def test_block_sparse_path_has_no_quadratic_intermediate():
+  """Every intermediate of the "chunked" forward and backward is smaller than [Tq, Tk]."""
+  t = 256
+  q, k, v = qkv(40, b=1, t=t, h=2, kh=1, d=4)
+  fn = lambda q, k, v: jnp.sum(run("chunked", q, k, v, is_causal=True, block_size=16,
+                                   top_k=2) ** 2)
+  jaxpr = jax.make_jaxpr(jax.grad(fn, (0, 1, 2)))(q, k, v)
+
+  def sizes(jx):
+    for eqn in jx.eqns:
+      for var in eqn.outvars:
+        yield int(np.prod(var.aval.shape))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        yield from sizes(sub)
+  assert max(sizes(jaxpr.jaxpr)) < t * t
+
+
+@pytest.mark.slow
+def test_kv_cache_decoding_matches_full_forward():
+  """A causal MultiHeadAttention with mechanism="moba": decoding token by token with the KV
+  cache (traced q_offset, cache-length mask: the dense-gate path) gives the full forward."""
+  mod = A.MultiHeadAttention(16, 2, mechanism="moba", causal=True, rngs=nnx.Rngs(0),
+                             mechanism_kwargs={"block_size": 4, "top_k": 2})
+  x = jnp.asarray(rand(1, 14, 16, seed=50))
+  full = mod(x)
+  mod.init_cache(1, 16)
+  step = nnx.jit(lambda m, xs: m(xs, decode=True))
+  got = jnp.concatenate([step(mod, x[:, i:i + 1]) for i in range(14)], axis=1)
+  assert_close(got, full)
+
+
+def test_bad_arguments():
+  q, k, v = qkv(0, t=8)
+  with pytest.raises(ValueError, match="block_size must be a positive int"):
+    moba.moba_attention(q, k, v, block_size=0)
+  with pytest.raises(ValueError, match="top_k must be a positive int"):
+    moba.moba_reference(q, k, v, top_k=-1)
+  with pytest.raises(ValueError, match="'chunked'.*bias"):
+    run("chunked", q, k, v, bias=jnp.zeros((8, 8)))
+  assert "moba" in attnlab.list_mechanisms("attention")
+  assert "arXiv 2502.13189" in attnlab.get_mechanism("moba").paper
