@@ -4,9 +4,10 @@
 ``jax.nn.dot_product_attention``), ``attnlab.masks`` and the mechanism catalogue
 (``list_mechanisms``, ``get_mechanism``) come from ``attnlab.core`` (pure JAX). The rest is
 imported on demand: ``attnlab.kernels`` (Pallas), ``attnlab.nn`` (NNX modules),
-``attnlab.models`` (models built from ``config.model``, ``generate``), ``attnlab.data`` (grain
-pipelines), ``attnlab.train`` (the trainer), ``attnlab.bench`` (benchmarks) and
-``attnlab.catalogue`` (the catalogue table).
+``attnlab.models`` (models built from ``config.model``, ``generate``, Hugging Face
+``from_pretrained``), ``attnlab.data`` (grain pipelines), ``attnlab.train`` (the trainer),
+``attnlab.analysis`` (``run_with_cache``, interventions, head-level methods),
+``attnlab.bench`` (benchmarks) and ``attnlab.catalogue`` (the catalogue table).
 """
 
 from attnlab.core import (alibi_slopes, attention, chunked_attention, dot_product_attention,

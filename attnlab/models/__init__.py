@@ -13,7 +13,7 @@ Config keys (``default_model_config()``; every key is read by ``build_model``):
 * ``num_kv_heads``: key/value heads K (None = H; 1 = MQA; H % K == 0).
 * ``head_dim``: per-head width (None = d_model // num_heads).
 * ``mlp_dim``: MLP hidden width.
-* ``mlp``: "gelu" | "swiglu" (``attnlab.nn.list_mlps()``).
+* ``mlp``: "gelu" | "swiglu" | "gelu_bias" (GPT-2's, with biases) (``attnlab.nn.list_mlps()``).
 * ``norm``: "layernorm" | "rmsnorm" (``attnlab.nn.list_norms()``), pre-LN.
 * ``norm_eps``: epsilon of the norms.
 * ``dropout``: rate on the attention and MLP outputs (and before the classifier head).
@@ -55,6 +55,10 @@ to ``attnlab.nn.variants`` and the stack; catalogue kind "block"):
   2502.05795) and "layernorm_prepbn" (SLAB progressive RepBN, arXiv 2405.11582) with
   ``prepbn.warmup_steps``, ``prepbn.decay_steps`` (training calls), ``prepbn.momentum``
   (running statistics), ``prepbn.eta_init``.
+
+Pretrained checkpoints: ``from_pretrained(path, dtype=, mesh=)`` / ``save_pretrained`` /
+``load_tokenizer`` read and write Hugging Face folders (gpt2, llama, mistral, qwen2;
+``attnlab.models.pretrained``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderClassifier
 from attnlab.models.generate import generate
 from attnlab.models.pooling import list_poolings, register_pooling
+from attnlab.models.pretrained import from_pretrained, load_tokenizer, save_pretrained
 from attnlab.models.wide_deep import wide_deep_configs
 
 _MODELS = {"decoder_lm": DecoderLM, "encoder_classifier": EncoderClassifier}
@@ -96,4 +101,5 @@ def count_params(module: nnx.Module) -> int:
 
 __all__ = ["build_model", "default_model_config", "validate_model_config", "count_params",
            "list_models", "DecoderLM", "EncoderClassifier", "builder", "complete",
-           "list_poolings", "register_pooling", "wide_deep_configs", "generate"]
+           "list_poolings", "register_pooling", "wide_deep_configs", "generate",
+           "from_pretrained", "save_pretrained", "load_tokenizer"]
