@@ -10,7 +10,9 @@ called with ``validate=False``). User errors (an unknown override key or a bad o
 value, a missing config file, a config file whose ``get_config`` raises, a bad config, a
 workdir that is a file, checkpoints of a different model, unusable data files in
 ``config.data``, a workdir whose checkpoints are all damaged) print one line ``error: ...`` on
-stderr, without a traceback, and exit with status 2; a non-finite loss exits with status 3.
+stderr, without a traceback, and exit with status 2; a non-finite loss exits with status 3; a
+checkpoint that verified but could not be restored (memory, permissions, I/O; it is not moved
+aside) prints one line and exits with status 4.
 Ctrl-C or SIGTERM during training saves a checkpoint and exits 0 ("Stopping at step N
 (reason)"); a second Ctrl-C exits at once with status 130.
 
@@ -51,6 +53,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 USER_ERROR_EXIT = 2
 NON_FINITE_EXIT = 3
+RESTORE_ERROR_EXIT = 4  # a checkpoint that is not damaged could not be restored
 INTERRUPTED_EXIT = 130
 
 
@@ -235,6 +238,7 @@ def main(argv):
   if logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from attnlab.train import checkpointing  # pylint: disable=g-import-not-at-top
   from attnlab.train import config_lib  # pylint: disable=g-import-not-at-top
   from attnlab.train import distributed  # pylint: disable=g-import-not-at-top
   from attnlab.train import trainer  # pylint: disable=g-import-not-at-top
@@ -244,10 +248,15 @@ def main(argv):
     # Checked once, before joining a cluster (validation starts no JAX backend).
     config_lib.validate_config(config)
     if dist is not None:
+      distributed.startup_barrier_timeout_s()  # a bad value: one line, before joining
       distributed.initialize(**dist)
+    trainer.EXIT_ON_SECOND_INTERRUPT = True
     trainer.train_and_evaluate(config, _WORKDIR.value, validate=False)
-  except (UserError, config_lib.ConfigError, trainer.WorkdirError, trainer.DataError) as e:
+  except (UserError, config_lib.ConfigError, trainer.WorkdirError, trainer.DataError,
+          distributed.DistributedSetupError) as e:
     _fail(e, USER_ERROR_EXIT)
+  except checkpointing.CheckpointRestoreError as e:
+    _fail(e, RESTORE_ERROR_EXIT)
   except trainer.NonFiniteError as e:
     _fail(e, NON_FINITE_EXIT)
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it saves and stops)

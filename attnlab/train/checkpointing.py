@@ -21,22 +21,44 @@ Integrity. After orbax has finalised a save (all processes' files in place, the 
 renamed from its temporary name), process 0 writes ``<step>/attnlab_checksums.json``: the size
 and sha256 of every file of the step (the arrays, orbax's metadata and manifests, the
 data-iterator JSON of every process, the partial metrics window), atomically (a temporary
-file, then ``os.replace``). :meth:`Checkpointer.restore_newest` verifies a step before reading
-it; a step that fails (a missing, truncated or altered file, or an orbax error while
-restoring) is moved to ``checkpoints/corrupt/<step>`` (never deleted) with one log line, and
-the next older step is tried. A step without a checksum file (written by an attnlab before
-checksums, or killed between orbax's commit and the checksum write) is restored unverified,
-with a warning: orbax's own errors still move it aside, and a non-finite loss before the next
-checkpoint does too (see the trainer). Verifying reads the whole step once (sha256: ~450 MB/s
-on one busy core of the 2-core CI machine), and so does writing the checksums after a save.
+file, then ``os.replace``), in a background thread (joined before the next save, a restore,
+:meth:`Checkpointer.wait` and :meth:`Checkpointer.close`), so that hashing never stalls the
+training loop and with it the other processes' next collective.
+
+:meth:`Checkpointer.restore_newest` tries the steps newest first. Process 0 verifies a step
+(and only process 0 reads it for that) and tells the others its verdict; every process then
+restores it, and all of them share whether that worked before anything is moved:
+
+- files that do not match their checksums: the step is moved to
+  ``checkpoints/corrupt/<step>`` (never deleted) with one log line, and the next older step
+  is tried;
+- the files verified but restoring failed on some process (out of memory, a permission or
+  I/O error, a time-out, a version skew): :class:`CheckpointRestoreError` (one line), nothing
+  is moved — the checkpoint is good, the cause is elsewhere;
+- a step without a checksum file (written by an attnlab before checksums, or killed between
+  orbax's commit and the checksum write) is restored unverified, with a warning; it is moved
+  aside only if restoring fails with an error that looks like damage (orbax / tensorstore
+  failing to find, read or parse a file; a missing file; bad JSON), any other error is a
+  :class:`CheckpointRestoreError`; a non-finite loss before the next checkpoint also moves it
+  aside (see the trainer).
+
+Verifying reads the whole step once (sha256: ~450 MB/s on one busy core of the 2-core CI
+machine), and so does writing the checksums after a save.
+
+Arguments of a save are copied when they are mutable Python objects (the metrics window):
+with asynchronous saving orbax serialises them after :meth:`Checkpointer.save` returns, while
+the loop goes on. The train state's arrays are copied to host memory inside ``save``, and
+the data iterator's state is captured there too (see ``data.iterator_checkpoint_args``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +76,10 @@ CORRUPT_DIR = "corrupt"
 WINDOW_ITEM = "train_window"
 
 _UNSET = object()
+# Numbers the Checkpointers of a process: every process of a job makes them in the same order,
+# so ``(instance, call, step)`` names the same rendezvous (barrier, key) on all of them, and
+# a second run in the same job does not reuse the first one's keys.
+_INSTANCES = itertools.count()
 
 
 class WorkdirError(ValueError):
@@ -63,6 +89,51 @@ class WorkdirError(ValueError):
 
 class NoUsableCheckpointError(WorkdirError):
   """Every checkpoint of the workdir was damaged (and moved aside); one-line message."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """Restoring a checkpoint failed for a reason other than damage to its files (they verified,
+  or the error does not look like damage): nothing was moved aside; one-line message."""
+
+
+# Fragments of orbax / tensorstore / JSON error messages that mean a file of the checkpoint is
+# missing, truncated or unparsable (tensorstore's absl status codes and its own wording).
+_DAMAGE_MARKERS = ("NOT_FOUND", "OUT_OF_RANGE", "DATA_LOSS", "Error reading", "Error opening",
+                   "Error decoding", "Failed to decode", "Failed to parse", "not valid for value",
+                   "Expecting value", "Unterminated string", "Extra data",
+                   "No such file or directory", "does not exist", "Invalid checkpoint")
+# Errors that are never damage, whatever their message says.
+_NOT_DAMAGE = (MemoryError, PermissionError, TimeoutError, InterruptedError, ConnectionError,
+               ImportError, AttributeError, NotImplementedError)
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+  out, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    out.append(e)
+    e = e.__cause__ or e.__context__
+  return out
+
+
+def looks_like_damage(e: BaseException) -> bool:
+  """Whether an error of restoring a checkpoint means that its files are damaged (a missing
+  file or key, an unreadable / unparsable one) rather than a problem elsewhere (memory,
+  permissions, I/O, a time-out, versions). The error and its causes are looked at."""
+  chain = _causes(e)
+  if any(isinstance(c, _NOT_DAMAGE) for c in chain):
+    return False
+  for c in chain:
+    if isinstance(c, (FileNotFoundError, json.JSONDecodeError, KeyError)):
+      return True
+    if isinstance(c, OSError):  # EIO, EACCES, ENOSPC...: the file system, not the files
+      return False
+    text = str(c)
+    if any(m in text for m in _DAMAGE_MARKERS):
+      if "DEADLINE_EXCEEDED" in text or "RESOURCE_EXHAUSTED" in text:
+        return False
+      return True
+  return False
 
 
 def _one_line(e: BaseException) -> str:
@@ -250,16 +321,23 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._primary = jax.process_index() == 0
     self._pending: list[int] = []  # saved, checksums not yet written
+    self._hasher: threading.Thread | None = None  # writing checksums (process 0)
+    self._hash_errors: list[str] = []
     self._closed = False
     self._moves = 0
+    self._restores = 0
+    self._id = next(_INSTANCES)
 
   def latest_step(self) -> int | None:
+    """The newest step orbax lists (saved or being finalised); None without checkpoints."""
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every step orbax lists, ascending (steps moved to ``corrupt/`` are not listed)."""
     return sorted(self.manager.all_steps())
 
   def step_dir(self, step: int) -> Path:
+    """``checkpoints/<step>``: where step `step` is (or would be) saved."""
     return self.directory / str(step)
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator,
@@ -268,19 +346,21 @@ class Checkpointer:
     """Save `step` (in the background if async); its checksums follow once orbax has
     finalised it (:meth:`poll`, :meth:`wait`, the next save or :meth:`close`)."""
     self._finalize_pending(block=True)  # orbax waits for the previous save anyway
+    self._join_hasher()  # max_to_keep may delete a step it is reading
     items = dict(state=ocp.args.StandardSave(state),
                  data_iter=data_lib.iterator_checkpoint_args(data_iter))
     if config_json is not None:
-      items["config"] = ocp.args.JsonSave(json.loads(config_json))
-    if window is not None:
-      items[WINDOW_ITEM] = ocp.args.JsonSave({"records": window})
+      items["config"] = ocp.args.JsonSave(json.loads(config_json))  # a fresh object
+    if window is not None:  # a copy: the caller keeps appending while orbax serialises
+      items[WINDOW_ITEM] = ocp.args.JsonSave({"records": [dict(r) for r in window]})
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._pending.append(step)
     if not self.manager.is_saving_in_progress():
       self._finalize_pending(block=True)
 
   def poll(self) -> None:
-    """Write the checksums of saves that have finished (cheap; call once per step)."""
+    """Start writing the checksums of saves that have finished, in a background thread
+    (cheap; call once per step)."""
     if self._pending and not self.manager.is_saving_in_progress():
       self._finalize_pending(block=True)
 
@@ -292,10 +372,30 @@ class Checkpointer:
     steps, self._pending = self._pending, []
     if not self._primary:
       return
-    for step in steps:
-      d = self.step_dir(step)
-      if d.is_dir():  # not already removed by max_to_keep
-        write_checksums(d)
+    self._join_hasher()
+    dirs = [self.step_dir(s) for s in steps]
+    self._hasher = threading.Thread(target=self._write_checksums, args=(dirs,),
+                                    name="attnlab_checksums", daemon=True)
+    self._hasher.start()
+
+  def _write_checksums(self, dirs: list[Path]) -> None:
+    for d in dirs:
+      try:
+        if d.is_dir():  # not already removed by max_to_keep
+          write_checksums(d)
+      except Exception as e:  # pylint: disable=broad-except  (reported when joined)
+        self._hash_errors.append(f"{d}: {_one_line(e)}")
+
+  def _join_hasher(self) -> None:
+    """Wait for the checksum thread; log what it could not write (the step stays usable,
+    unverified)."""
+    if self._hasher is not None:
+      self._hasher.join()
+      self._hasher = None
+    errors, self._hash_errors = self._hash_errors, []
+    for text in errors:
+      logging.warning("Could not write the checksums of %s; it will be restored unverified.",
+                      text)
 
   def check_shapes(self, step: int, abstract_state: Any) -> None:
     """Raise :class:`WorkdirError` if checkpoint `step` holds other arrays or shapes than
@@ -367,21 +467,30 @@ class Checkpointer:
     return restored["state"], window
 
   def move_aside(self, step: int, why: str) -> Path:
-    """Move checkpoint `step` to ``checkpoints/corrupt/<step>`` (process 0; a suffix if that
-    exists), log one line, and forget it. Every process must call this (a barrier)."""
+    """Move checkpoint `step` to ``checkpoints/corrupt/<step>`` (a suffix if that exists),
+    log one line, and forget it. Every process must call this: they meet at a barrier first
+    (nobody still reads the step), process 0 picks the destination, tells the others and
+    moves the folder, and they meet again before listing the steps anew."""
     from attnlab.train import distributed  # pylint: disable=g-import-not-at-top
-    src = self.step_dir(step)
-    dst = self.directory / CORRUPT_DIR / str(step)
-    n = 0
-    while dst.exists():
-      n += 1
-      dst = self.directory / CORRUPT_DIR / f"{step}.{n}"
-    if self._primary and src.exists():
-      dst.parent.mkdir(parents=True, exist_ok=True)
-      os.replace(src, dst)
-    logging.error("Checkpoint step %d is unusable (%s): moved it to %s.", step, why, dst)
+    self._join_hasher()
     self._moves += 1
-    distributed.barrier(f"attnlab_move_aside_{step}_{self._moves}", timeout_s=600)
+    tag = f"{self._id}_{self._moves}_{step}"
+    distributed.barrier(f"attnlab_before_move_{tag}", timeout_s=600)
+    src = self.step_dir(step)
+    dst = None
+    if self._primary:
+      dst = self.directory / CORRUPT_DIR / str(step)
+      n = 0
+      while dst.exists():
+        n += 1
+        dst = self.directory / CORRUPT_DIR / f"{step}.{n}"
+      if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    dst = Path(distributed.broadcast_text(f"attnlab_move_dst_{tag}",
+                                          None if dst is None else str(dst)))
+    logging.error("Checkpoint step %d is unusable (%s): moved it to %s.", step, why, dst)
+    distributed.barrier(f"attnlab_after_move_{tag}", timeout_s=600)
     self.manager.reload()
     return dst
 
@@ -390,36 +499,69 @@ class Checkpointer:
     """Restore the newest step that verifies (see the module docstring); None if there is
     no checkpoint. Damaged steps are moved aside on the way; if that leaves none,
     :class:`NoUsableCheckpointError`. A model mismatch raises :class:`WorkdirError` (the
-    checkpoint is fine: the config is wrong) and moves nothing."""
+    checkpoint is fine: the config is wrong), a failure that is not damage
+    :class:`CheckpointRestoreError`; both move nothing. Every process must call this; they
+    act on process 0's verdict and on everyone's restore outcome, so they all agree."""
     from attnlab.train import distributed  # pylint: disable=g-import-not-at-top
+    self._join_hasher()
     moved = []
+    self._restores += 1
+    call = f"{self._id}_{self._restores}"
     self.manager.reload()
-    steps = sorted(self.all_steps(), reverse=True)
-    # Every process has listed the steps before process 0 moves any of them aside.
-    distributed.barrier("attnlab_restore_listed", timeout_s=600)
+    listed = json.dumps(self.all_steps()) if self._primary else None
+    steps = sorted(json.loads(distributed.broadcast_text(f"attnlab_steps_{call}", listed)),
+                   reverse=True)
     for step in steps:
       d = self.step_dir(step)
-      try:
-        problem = verify_checksums(d)
-        verified = True
-      except FileNotFoundError:
-        problem, verified = None, False
+      tag = f"{call}_{step}"
+      verdict = None
+      if self._primary:  # only process 0 reads the files to verify them
+        try:
+          problem = verify_checksums(d)
+          verdict = "ok" if problem is None else f"bad:{problem}"
+        except FileNotFoundError:
+          verdict = "unverified"
+      verdict = distributed.broadcast_text(f"attnlab_verdict_{tag}", verdict)
+      if verdict.startswith("bad:"):
+        self.move_aside(step, verdict[4:])
+        moved.append(step)
+        continue
+      verified = verdict == "ok"
+      if not verified:
         logging.warning("Checkpoint step %d has no checksum file (written before attnlab "
                         "recorded checksums, or killed before it was written): restoring it "
                         "unverified.", step)
-      if problem is None:
-        logging.info("Restoring checkpoint %s", d)
-        try:
-          state, window = self._restore(step, abstract_state, data_iter)
-        except WorkdirError:
-          raise
-        except Exception as e:  # pylint: disable=broad-except  (any damage orbax trips on)
-          problem = f"restoring it failed: {_one_line(e)}"
-      if problem is not None:
-        self.move_aside(step, problem)
-        moved.append(step)
-        continue
-      return Restored(step, state, window, verified, moved)
+      logging.info("Restoring checkpoint %s", d)
+      state = window = None
+      try:
+        state, window = self._restore(step, abstract_state, data_iter)
+        outcome = "ok"
+      except WorkdirError as e:
+        outcome = f"workdir:{e}"
+      except Exception as e:  # pylint: disable=broad-except  (judged below, on all processes)
+        outcome = f"{'damage' if looks_like_damage(e) else 'fatal'}:{_one_line(e)}"
+      outcomes = distributed.gather_text(f"attnlab_restored_{tag}", outcome)
+      failed = [(i, o) for i, o in enumerate(outcomes) if o != "ok"]
+      if not failed:
+        return Restored(step, state, window, verified, moved)
+      for i, o in failed:
+        if o.startswith("workdir:"):
+          raise WorkdirError(o[len("workdir:"):])
+      # Verified files are not the cause of any failure; unverified ones are moved aside
+      # only if every failure looks like damage.
+      fatal = [(i, o) for i, o in failed if verified or o.startswith("fatal:")]
+      first, text = (fatal or failed)[0]
+      where = f" on process {first}" if len(outcomes) > 1 else ""
+      why = text.split(":", 1)[1]
+      if fatal:
+        state_of = ("its files match their checksums" if verified else
+                    "it has no checksums and the error does not look like damage")
+        raise CheckpointRestoreError(
+            f"restoring checkpoint {d} failed{where} ({state_of}, so it was not moved "
+            f"aside): {why}; fix the cause (memory, permissions, the file system, package "
+            "versions) and rerun")
+      self.move_aside(step, f"restoring it failed{where}: {why}")
+      moved.append(step)
     if moved:
       raise NoUsableCheckpointError(
           f"no usable checkpoint left in {self.directory}: step(s) "
@@ -435,9 +577,10 @@ class Checkpointer:
     return (None, None) if r is None else (r.step, r.state)
 
   def wait(self) -> None:
-    """Wait for pending saves and write their checksums."""
+    """Wait for pending saves and for their checksums to be written."""
     self.manager.wait_until_finished()
     self._finalize_pending(block=False)
+    self._join_hasher()
 
   def close(self) -> None:
     """Wait for pending saves and release the manager (a second call does nothing)."""

@@ -14,10 +14,11 @@ When a process exits with a non-zero status (or is killed), the launcher says wh
 its exit status and the last lines of its output, kills the others at once (they cannot go on
 without it: their next collective would wait for it) and exits with that status (128 + the
 signal number for a process killed by a signal). The processes run in their own session, so
-Ctrl-C (SIGINT) or SIGTERM reaches the launcher only, which passes it on to every process
-exactly once: the job saves a checkpoint at a step all processes agree on and stops; a second
-Ctrl-C is passed on too and makes the processes exit at once; a third kills them (for
-processes blocked where Python cannot run their signal handlers).
+Ctrl-C (SIGINT), SIGTERM or SIGHUP (a closed terminal) reaches the launcher only, which passes
+it on to every process exactly once: the job saves a checkpoint at a step all processes agree
+on and stops; a second Ctrl-C is passed on too and makes the processes exit at once; a third
+signal kills them (for processes blocked where Python cannot run their signal handlers). The
+signal handler only records the signal; the launcher's loop passes it on (within 0.1 s).
 """
 
 from __future__ import annotations
@@ -104,12 +105,17 @@ def launch(train_args: Sequence[str], *, num_processes: int, devices_per_process
       sink.write(f"launch_local: {text}\n")
       sink.flush()
 
-  received = []
+  received: list[int] = []  # appended by the handler, acted on by the loop below
+  forwarded = 0
 
-  def forward(signum, frame):
+  def record(signum, frame):
+    # Only record: the handler runs between two bytecodes of the main thread, which may be
+    # holding `lock` (say(), the tail print): taking it here would deadlock.
     del frame
     received.append(signum)
-    if len(received) >= 3:  # e.g. processes stuck before their handlers run
+
+  def forward(signum: int, nth: int) -> None:
+    if nth >= 3:  # e.g. processes stuck before their handlers run
       say(f"received a third signal ({signal.Signals(signum).name}); killing every process")
       for p in procs:
         if p.poll() is None:
@@ -126,12 +132,15 @@ def launch(train_args: Sequence[str], *, num_processes: int, devices_per_process
 
   old = {}
   if threading.current_thread() is threading.main_thread():
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      old[sig] = signal.signal(sig, forward)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+      old[sig] = signal.signal(sig, record)
   deadline = None if timeout is None else time.time() + timeout
   code = 0
   try:
     while True:
+      while forwarded < len(received):
+        forwarded += 1
+        forward(received[forwarded - 1], forwarded)
       codes = [p.poll() for p in procs]
       bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if bad:
@@ -141,7 +150,7 @@ def launch(train_args: Sequence[str], *, num_processes: int, devices_per_process
         pumps[i].join(timeout=2)
         say(f"process {i} (pid {procs[i].pid}) died: {describe_exit(c)}. Its last lines:")
         with lock:
-          for line in tails[i]:
+          for line in list(tails[i]):  # a copy: the pump thread may still append
             sink.write(f"  [{i}] {line}\n")
         if alive:
           say(f"killing the other process(es) {alive} now; exiting with status {code}")
@@ -186,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--module", default="attnlab.train",
                  help="module each process runs with python -m (default attnlab.train)")
   args = p.parse_args(own)
+  for name in ("num_processes", "devices_per_process"):
+    if getattr(args, name) < 1:
+      print(f"launch_local: error: --{name} must be >= 1, got {getattr(args, name)}",
+            file=sys.stderr)
+      return 2
   if not train_args:
     p.error("give the train arguments after --, e.g. -- --config configs/lm_bytes.py:local "
             "--workdir /tmp/mp")

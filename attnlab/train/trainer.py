@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -228,22 +227,38 @@ def evaluate(setup: Setup, state: dict[str, Any], eval_ds, *, num_batches: int,
   return out
 
 
+# Set by the command-line entry point (``python -m attnlab.train``): a second Ctrl-C then
+# ends the process at once (``os._exit(130)``). Used as a library (a notebook), a second
+# Ctrl-C raises KeyboardInterrupt instead and the interpreter lives on.
+EXIT_ON_SECOND_INTERRUPT = False
+
+
 class _StopSignal:
   """SIGINT (Ctrl-C) and SIGTERM -> save a checkpoint after the current step and stop; a
-  second SIGINT exits at once (status 130, nothing saved).
+  second SIGINT exits at once (status 130, nothing saved; KeyboardInterrupt outside the
+  command line, see :data:`EXIT_ON_SECOND_INTERRUPT`).
 
-  Installed from the main thread only. In a multi-process job, JAX's preemption notifier owns
-  SIGTERM (every process then stops at the same step, ``reached_preemption_sync_point``); a
-  SIGINT is turned into a SIGTERM to this process so that it takes the same path.
+  Installed from the main thread only. A single process acts on its own signal. In a
+  multi-process job no process may stop alone (the others would wait for it at their next
+  collective): JAX's preemption notifier owns SIGTERM (every process then stops at the same
+  step, ``reached_preemption_sync_point``) and a SIGINT is turned into a SIGTERM to this
+  process so that it takes the same path; without the preemption service the signals keep
+  their default action (the process ends; the launcher stops the others).
   """
 
   def __init__(self):
     self.reason: str | None = None
     self._old = {}
     self._interrupts = 0
-    self._via_jax = distributed.preemption_service_active()
+    self._direct = jax.process_count() == 1
+    self._via_jax = not self._direct and distributed.preemption_service_active()
 
   def __enter__(self):
+    if not self._direct and not self._via_jax:
+      logging.warning("Multi-process run without JAX's preemption service: SIGINT/SIGTERM "
+                      "end this process without a checkpoint (the processes could not agree "
+                      "on a step to stop at).")
+      return self
     if threading.current_thread() is threading.main_thread():
       sigs = (signal.SIGINT,) if self._via_jax else (signal.SIGINT, signal.SIGTERM)
       for sig in sigs:
@@ -255,14 +270,17 @@ class _StopSignal:
 
   @property
   def requested(self) -> bool:
-    """Stop after this step (single process: the signal alone decides)."""
-    return self.reason is not None and not self._via_jax
+    """Stop after this step (single process only: the signal alone decides; several
+    processes stop at JAX's preemption sync point instead)."""
+    return self.reason is not None and self._direct
 
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT:
       self._interrupts += 1
       if self._interrupts > 1:
+        if not EXIT_ON_SECOND_INTERRUPT:
+          raise KeyboardInterrupt("second Ctrl-C: stopped at once, without saving")
         os.write(2, b"Second Ctrl-C: exiting at once, without saving.\n")
         os._exit(130)  # pylint: disable=protected-access
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
@@ -293,19 +311,37 @@ def _open_data(config: ConfigDict):
   """(train iterator, eval dataset); a bad data path is a one-line :class:`DataError`."""
   try:
     return make_train_iterator(config), make_eval_dataset(config)
-  except (ValueError, TypeError, OSError) as e:
+  except (ValueError, OSError) as e:  # not TypeError: that is a bug, keep its traceback
     text = " ".join(str(e).split()) or type(e).__name__
     raise DataError(f"config.data: {text}") from e
 
 
+def _make_workdir(workdir: str | Path) -> tuple[Path, bool]:
+  """:func:`prepare_workdir`, and whether this process created the folder (on a shared file
+  system exactly one process of a job does)."""
+  path = check_workdir(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=False)
+    return path, True
+  except FileExistsError:
+    return prepare_workdir(path), False
+  except OSError as e:
+    raise WorkdirError(f"cannot create the workdir {path}: {e.strerror or e}") from e
+
+
 def _remove_new_workdir(path: Path) -> None:
-  """Remove a workdir this call created, if no checkpoint made it worth keeping."""
-  if jax.process_index() != 0 or not path.is_dir():
+  """Remove a workdir this process created, if the failed start left it as good as empty:
+  nothing in it but an empty ``checkpoints/`` folder. Only empty folders are removed
+  (``os.rmdir``), so files another process of the job has written meanwhile stay."""
+  if not path.is_dir():
     return
   ckpts = path / checkpointing.CHECKPOINT_DIR
-  if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
-    return
-  shutil.rmtree(path, ignore_errors=True)
+  try:
+    if ckpts.is_dir():
+      ckpts.rmdir()  # fails if anything is in it
+    path.rmdir()
+  except OSError:
+    pass
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, *, validate: bool = True
@@ -325,8 +361,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, validate: bool = Tru
     config_lib.validate_config(config)
   check_workdir(workdir)
   train_iter, eval_ds = _open_data(config)  # before the workdir exists: no empty one left
-  created = not Path(workdir).absolute().exists()
-  workdir_path = prepare_workdir(workdir)
+  workdir_path, created = _make_workdir(workdir)
   is_main = jax.process_index() == 0
 
   t0 = time.time()
@@ -459,8 +494,10 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
   recent_step_time = float("nan")
   step = start_step
   stop_reason = None
-  try:
-    with _StopSignal() as stop_signal:
+  # The handler stays installed until the last save is finished and its checksums written
+  # (ckpt.close()): a Ctrl-C there must not reach __main__ as a KeyboardInterrupt.
+  with _StopSignal() as stop_signal:
+    try:
       while step < total:
         local = first_local if step == start_step else next(train_iter)
         batch = setup.global_batch(local)
@@ -536,9 +573,9 @@ def _train(config: ConfigDict, workdir_path: Path, ckpt: checkpointing.Checkpoin
                        "the same --workdir.", step, stop_reason, step)
           break
         stop_reason = None
-  finally:
-    ckpt.close()  # waits for the last save, writes its checksums
-    writer.close()
+    finally:
+      ckpt.close()  # waits for the last save, writes its checksums
+      writer.close()
   result["step"] = step
   result["status"] = "stopped" if stop_reason else "done"
   if stop_reason:

@@ -69,6 +69,15 @@ def stopped(make_config, tmp_path_factory, tmp_path):
   return dst
 
 
+def _steps(workdir) -> list[int]:
+  """The steps a Checkpointer lists (closed again)."""
+  ckpt = checkpointing.Checkpointer(workdir)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
 def _largest_data_file(step_dir: Path) -> Path:
   files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   return max(files, key=lambda p: p.stat().st_size)
@@ -132,8 +141,13 @@ def test_damaged_latest_checkpoint_falls_back(kind, make_config, stopped, refere
   assert "\n" not in errors[0]
   assert any(r.getMessage() == "Resumed from step 6 (the newest usable checkpoint)"
              for r in caplog.records)
-  assert (ckpts / "corrupt" / str(STOP) / "data_iter").is_dir() or kind.startswith("deleted")
-  assert checkpointing.Checkpointer(stopped).all_steps() == [3, 6, 9, 12]
+  # The whole step folder went to corrupt/<step>, with its checksum file and whatever
+  # damaged content it had.
+  moved = ckpts / "corrupt" / str(STOP)
+  assert moved.is_dir() and (moved / checkpointing.CHECKSUM_FILE).is_file()
+  assert checkpointing.verify_checksums(moved) is not None
+  assert (moved / "state").is_dir() is (kind != "deleted_state")
+  assert _steps(stopped) == [3, 6, 9, 12]
   assert _records(stopped) == reference
 
 
@@ -151,12 +165,19 @@ def test_stop_between_logged_steps_resumes_with_the_same_windows(make_config, st
   assert got == reference
 
 
-def test_checkpoints_without_checksums(make_config, stopped, reference, caplog):
+# Not "deleted_manifests": without checksums, orbax's restore of such a step sometimes loses
+# tensorstore's NOT_FOUND in a background task and returns (seen 1 run in 3); only the
+# checksums catch it reliably (test_damaged_latest_checkpoint_falls_back).
+@pytest.mark.parametrize("kind", [
+    "deleted_data_iterator_json", pytest.param("truncated_file", marks=_slow),
+    pytest.param("empty_metadata", marks=_slow), pytest.param("deleted_state", marks=_slow)])
+def test_checkpoints_without_checksums(kind, make_config, stopped, reference, caplog):
   # As written before checksums existed (or killed between orbax's commit and the checksum
-  # write): restored unverified, with a warning; orbax's own errors still move a step aside.
+  # write): restored unverified, with a warning; orbax's errors that mean damage (each kind
+  # here) still move a step aside.
   for f in (stopped / "checkpoints").rglob(checkpointing.CHECKSUM_FILE):
     f.unlink()
-  _damage(stopped / "checkpoints" / str(STOP), "deleted_data_iterator_json")
+  _damage(stopped / "checkpoints" / str(STOP), kind)
   caplog.set_level(logging.INFO)
   trainer.train_and_evaluate(make_config(**KW), str(stopped))
   errors = _errors(caplog)
@@ -179,7 +200,7 @@ def test_no_usable_checkpoint_stops_unless_restart_from_scratch(make_config, sto
   assert "\n" not in msg and "restart_from_scratch=True" in msg and "9, 6, 3" in msg, msg
   corrupt = stopped / "checkpoints" / "corrupt"
   assert sorted(p.name for p in corrupt.iterdir()) == ["3", "6", "9"]
-  assert checkpointing.Checkpointer(stopped).all_steps() == []
+  assert _steps(stopped) == []
   result = trainer.train_and_evaluate(make_config(restart_from_scratch=True, **KW),
                                       str(stopped))
   assert result["step"] == 12
@@ -196,7 +217,7 @@ def test_nan_names_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
                      match=r"at step 11 .*the last good checkpoint is step 9 in \S+ \(a rerun "
                      r"resumes from it\)"):
     trainer.train_and_evaluate(make_config(debug_nan_at_step=11, **KW), str(tmp_path))
-  assert checkpointing.Checkpointer(tmp_path).all_steps() == [3, 6, 9]
+  assert _steps(tmp_path) == [3, 6, 9]
   last = read_metrics(tmp_path)[-1]
   assert last["step"] == 11 and last["train/loss"] is None
   assert set(last["non_finite"]) >= {"train/loss"}
@@ -214,7 +235,7 @@ def test_nan_after_an_unverified_resume_moves_that_checkpoint_aside(make_config,
                      match=r"at step 10 .*the last good checkpoint is step 6 "):
     trainer.train_and_evaluate(make_config(debug_nan_at_step=10, **KW), str(stopped))
   assert (stopped / "checkpoints" / "corrupt" / str(STOP)).is_dir()
-  assert checkpointing.Checkpointer(stopped).all_steps() == [3, 6]
+  assert _steps(stopped) == [3, 6]
   trainer.train_and_evaluate(make_config(**KW), str(stopped))
   assert _records(stopped) == reference
 
@@ -350,6 +371,7 @@ def test_second_sigint_exits_at_once(tmp_path, subprocess_env):
   code = (
       "import os, signal, sys, time\n"
       "from attnlab.train import trainer\n"
+      "trainer.EXIT_ON_SECOND_INTERRUPT = True  # as python -m attnlab.train sets it\n"
       "with trainer._StopSignal() as s:\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
       "  time.sleep(0.2)\n"
@@ -371,24 +393,28 @@ def test_kill_9_then_resume_matches(during_save, tmp_path, subprocess_env):
   kw = dict(_SIG_KW, checkpoint_every=7)
   workdir = tmp_path / "w"
   run = _Run(_cli_args(workdir, **kw), subprocess_env)
-  rng = random.Random()
-  seed = rng.randrange(10**6)
-  rng.seed(seed)
+  # Reproducible: ATTNLAB_FAULT_SEED picks another kill point; the seed is printed.
+  seed = int(os.environ.get("ATTNLAB_FAULT_SEED", "8"))
+  print(f"kill -9 test seed: {seed} (ATTNLAB_FAULT_SEED)")
+  rng = random.Random(seed)
   run.wait_for(f"step  {rng.choice([20, 30, 40])}/400")
+  ckpts = workdir / "checkpoints"
   if during_save:  # as soon as orbax has a save in flight (its temporary folder)
     deadline = time.time() + 30
     in_flight = False
     while time.time() < deadline and not in_flight:
-      in_flight = any("tmp" in p.name for p in (workdir / "checkpoints").glob("*"))
+      in_flight = any("tmp" in p.name for p in ckpts.glob("*"))
     assert in_flight, "no save in flight seen"
   else:
     time.sleep(rng.uniform(0, 0.2))
   run.proc.kill()
   assert run.finish() == -signal.SIGKILL
-  ckpt = checkpointing.Checkpointer(workdir)
-  steps = ckpt.all_steps()
-  ckpt.close()
+  steps = _steps(workdir)
   assert steps and all(s % 7 == 0 for s in steps), (seed, steps)
+  if during_save:  # the kill did hit a save: its temporary folder, or no checksums yet
+    unfinished = [p.name for p in ckpts.glob("*") if "tmp" in p.name]
+    assert unfinished or not (ckpts / str(steps[-1]) / checkpointing.CHECKSUM_FILE).exists(), (
+        seed, steps, sorted(p.name for p in ckpts.iterdir()))
   start = steps[-1]
   _resume_and_compare(workdir, tmp_path, subprocess_env, start, (start // 10 + 3) * 10,
                       **kw)
