@@ -18,12 +18,26 @@ import attnlab.models  # noqa: F401  (registers every module, pooling head and v
 
 # name -> dotted overrides on top of configs/mqar.py. Entries that need no more than
 # ``model.attention.mechanism = name`` may be left out (a new mechanism needs no edit here).
-# Score-modifying mechanisms pin the dense reference ("xla"): it is their only implementation,
-# and a base config may pin another.
+# Mechanisms with only a dense reference pin it ("xla"): a base config may pin another. Those
+# with a memory-efficient path (score_mod on "chunked") use "auto".
 OVERRIDES = {
+    'aaren': {
+        'model.attention.mechanism': 'aaren',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+    },
     'attention_drop': {
         'model.num_layers': 2,
         'model.drop_attention_layers': (1,),
+    },
+    'axial': {
+        'model.attention.mechanism': 'axial',
+        'model.attention.kwargs.grid_shape': (-1, 8),
+    },
+    'biformer': {
+        'model.attention.mechanism': 'biformer',
+        'model.attention.kwargs.grid_shape': (-1, 8),
+        'model.attention.kwargs.region_size': 2,
+        'model.attention.kwargs.top_k': 3,
     },
     'complexformer': {
         'model.attention.mechanism': 'complexformer',
@@ -40,21 +54,25 @@ OVERRIDES = {
         'model.position': 'none',
         'model.attention.kwargs.max_distance': 16,
         'model.attention.kwargs.log_buckets': False,
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
     },
     'decon_approx': {
         'model.attention.mechanism': 'decon_approx',
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
     },
     'decon_nonapprox': {
         'model.attention.mechanism': 'decon_nonapprox',
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
         'model.position': 'none',
         'model.attention.kwargs.q_activation': 'silu',
     },
     'decon_staticqk': {
         'model.attention.mechanism': 'decon_staticqk',
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
+    },
+    'deltanet': {
+        'model.attention.mechanism': 'deltanet',
+        'model.position': 'none',  # linear / recurrent modules take no positions
     },
     'echoatt': {
         'model.num_layers': 2,
@@ -71,20 +89,57 @@ OVERRIDES = {
         'model.router.decode_policy': 'token',
         'model.router.init_bias': 3.0,
     },
+    'gated_deltanet': {
+        'model.attention.mechanism': 'gated_deltanet',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+    },
+    'gla': {
+        'model.attention.mechanism': 'gla',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+        'model.attention.kwargs.gate_rank': 16,
+        'model.attention.kwargs.tau': 16.0,
+    },
+    'fit': {
+        'model.attention.mechanism': 'fit',
+        'model.attention.kwargs.group_size': 8,
+        'model.attention.kwargs.num_latents': 2,
+        'model.attention.implementation': 'xla',
+    },
     'gpsa': {
         'model.attention.mechanism': 'gpsa',
         'model.position': 'none',
         'model.attention.kwargs.locality_strength': 1.0,
         'model.attention.kwargs.gate_init': 1.0,
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
+    },
+    'halo': {
+        'model.attention.mechanism': 'halo',
+        'model.attention.kwargs.grid_shape': (-1, 8),
+        'model.attention.kwargs.block_size': 4,
+        'model.attention.kwargs.halo': 2,
+        'model.attention.kwargs.relative': True,
+    },
+    'inline': {
+        'model.attention.mechanism': 'inline',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+        'model.attention.kwargs.local_window': 3,
     },
     'interleave': {
         'model.num_layers': 2,
         'model.attention.layer_mechanisms': ('softmax', 'mixer_fixed'),
     },
+    'landmark': {
+        'model.attention.mechanism': 'landmark',
+        'model.attention.kwargs.block_size': 8,
+        'model.attention.implementation': 'xla',
+    },
     'layernorm_scaling': {
         'model.num_layers': 2,
         'model.norm': 'layernorm_scaled',
+    },
+    'linear_elu': {
+        'model.attention.mechanism': 'linear_elu',
+        'model.position': 'none',  # linear / recurrent modules take no positions
     },
     'lowrank_mha_pool': {
         'model.name': 'encoder_classifier',
@@ -103,6 +158,11 @@ OVERRIDES = {
         'model.attention.mechanism': 'mixer_none',
         'model.attention.kwargs.hidden_dim': 0,
     },
+    'moba': {
+        'model.attention.mechanism': 'moba',
+        'model.attention.kwargs.block_size': 8,
+        'model.attention.kwargs.top_k': 2,
+    },
     'momentum_ema': {
         'model.attention.mechanism': 'momentum_ema',
         'model.attention.kwargs.momentum': 0.9,
@@ -118,6 +178,12 @@ OVERRIDES = {
         'model.pooling_kwargs':
             {'num_latents': 8, 'num_heads': 0, 'head_dim': 0, 'ff_mult': 4, 'summary': 'mean',
              'normalize': True},
+    },
+    'nalaformer': {
+        'model.attention.mechanism': 'nalaformer',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+        'model.attention.kwargs.norm_power': 2.0,
+        'model.attention.kwargs.key_power': 2.0,
     },
     'ninformer': {
         'model.attention.mechanism': 'ninformer',
@@ -137,25 +203,52 @@ OVERRIDES = {
         'model.attention.kwargs.qk_mean': 0.0,
         'model.attention.implementation': 'xla',
     },
+    'retrieval_topk': {
+        'model.attention.mechanism': 'retrieval_topk',
+        'model.attention.kwargs.top_k': 8,
+        'model.attention.kwargs.window': 4,
+        'model.attention.implementation': 'xla',
+    },
     'rcmha': {
         'model.attention.mechanism': 'rcmha',
         'model.position': 'none',
         'model.attention.kwargs.max_distance': 32,
         'model.attention.kwargs.kernel_size': 3,
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
+    },
+    'retnet': {
+        'model.attention.mechanism': 'retnet',
+        'model.position': 'none',  # linear / recurrent modules take no positions
     },
     'selective_ssa': {
         'model.attention.mechanism': 'selective_ssa',
         'model.attention.kwargs.query_temperature': True,
         'model.attention.kwargs.position_temperature': True,
         'model.attention.kwargs.value_temperature': True,
-        'model.attention.implementation': 'xla',
+        'model.attention.implementation': 'auto',
     },
     'sigmoid': {
         'model.attention.mechanism': 'sigmoid',
     },
+    'slab_linear': {
+        'model.attention.mechanism': 'slab_linear',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+        'model.attention.kwargs.conv_width': 4,
+    },
+    'soft_nystrom': {
+        'model.attention.mechanism': 'soft_nystrom',
+        'model.position': 'none',  # linear / recurrent modules take no positions
+        'model.attention.kwargs.num_landmarks': 16,
+        'model.attention.kwargs.newton_iters': 20,
+    },
     'softmax': {
         'model.attention.mechanism': 'softmax',
+    },
+    't5_relative': {
+        'model.attention.mechanism': 't5_relative',
+        'model.position': 'none',
+        'model.attention.kwargs.num_buckets': 32,
+        'model.attention.kwargs.max_distance': 128,
     },
     'tap_adl': {
         'model.attention.mechanism': 'tap_adl',
@@ -164,6 +257,14 @@ OVERRIDES = {
         'model.attention.kwargs.tap_temperature': 1.0,
         'model.attention.kwargs.adl_weight': 1.0,
         'model.attention.kwargs.adl_threshold': 2.0,
+    },
+    'vmoba': {
+        'model.attention.mechanism': 'vmoba',
+        'model.attention.kwargs.grid_shape': (-1, 4, 4),
+        'model.attention.kwargs.block_shape': (1, 2, 2),
+        'model.attention.kwargs.top_k': 2,
+        'model.attention.kwargs.threshold': None,
+        'model.attention.kwargs.global_selection': True,
     },
     'wide_deep': {
         'model.num_layers': 1,

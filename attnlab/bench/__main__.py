@@ -1,4 +1,7 @@
-"""``python -m attnlab.bench <suite> [options]``; suites: core, attention, mechanisms."""
+"""``python -m attnlab.bench <suite> [options]``.
+
+Suites: core, attention, mechanisms, sparse, linear.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ SUITES = {
     "core": "attnlab.bench.core",          # dense vs chunked softmax (foundation figures)
     "attention": "attnlab.bench.attention",  # Pallas kernels vs cuDNN / XLA / others
     "mechanisms": "attnlab.bench.mechanisms",  # every registered mechanism
+    "sparse": "attnlab.bench.sparse",  # routed block-sparse (MoBA) vs chunked dense causal
+    "linear": "attnlab.bench.linear",  # chunked linear vs chunked softmax, decode state bytes
 }
 
 

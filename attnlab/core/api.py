@@ -191,7 +191,7 @@ def attention(
     q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
     return_weights: bool = False, query_seq_lengths: ArrayLike | None = None,
     key_value_seq_lengths: ArrayLike | None = None,
-    local_window_size: int | tuple[int, int] | None = None, **kwargs: Any,
+    local_window_size: int | tuple[int, int] | None = None, score_mod: Any = None, **kwargs: Any,
 ) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Attention with a chosen mechanism and implementation.
 
@@ -224,6 +224,14 @@ def attention(
       ``jax.nn.dot_product_attention`` (``masks.ValidLengthMask``).
     local_window_size: ``(left, right)`` or a symmetric int, as jax.nn: query ``i`` sees keys
       ``i - left .. i + right`` (``masks.SlidingWindowMask``).
+    score_mod: ``fn(score, batch, head, q_idx, kv_idx) -> score`` (FlexAttention's
+      ``score_mod``), applied to the float32 logits after scale, soft-capping, bias and ALiBi
+      and before the mask. Write it elementwise in ``jnp``: it is called on score blocks with
+      int32 index arrays that broadcast against them (``batch [B,1,1,1]``, ``head [1,H,1,1]``,
+      ``q_idx [1,1,n,1]``, ``kv_idx [1,1,1,m]`` on the dense and chunked paths); ``q_idx`` is
+      the absolute position ``q_offset + i``. It may close over arrays (tables, per-head
+      parameters, per-query values); they receive gradients. Softmax and sigmoid take it with
+      implementations "xla" and "chunked" (O(T) memory).
     **kwargs: mechanism hyperparameters (e.g. ``sigmoid_bias``) or implementation options
       (e.g. ``block_q``).
 
@@ -250,6 +258,9 @@ def attention(
     extra.append(masks_lib.SlidingWindowMask(*_window(local_window_size), q_offset=0))
   if extra:
     mask = masks_lib.combine(mask, *extra)
+  if score_mod is not None:
+    common.check_score_mod(score_mod)
+    kwargs["score_mod"] = score_mod
   out = _attention(q, k, v, mechanism=mechanism, mask=mask, bias=bias, is_causal=is_causal,
                    scale=scale, implementation=implementation, softcap=softcap,
                    alibi_slopes=alibi_slopes, q_offset=q_offset, head_mask=head_mask,
@@ -307,7 +318,8 @@ def _attention(q, k, v, *, mechanism, mask, bias, is_causal, scale, implementati
     raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
   _check_positive("scale", scale)
   _check_positive("softcap", softcap)
-  mask = common.build_mask(common.check_mask(mask, b, tq, tk), is_causal, q_offset)
+  mask = common.build_mask(masks_lib.bind_batch(common.check_mask(mask, b, tq, tk), b),
+                           is_causal, q_offset)
   call = dict(q=q, k=k, v=v, mask=mask, bias=bias, scale=scale, softcap=softcap,
               alibi_slopes=alibi_slopes, q_offset=q_offset, head_mask=head_mask,
               return_weights=return_weights, **kwargs)

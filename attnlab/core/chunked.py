@@ -59,6 +59,8 @@ class _Static(NamedTuple):
   kv_len: int
   normalizer: str  # "softmax" | "sigmoid"
   sigmoid_bias: float
+  # closure-converted score_mod(s [B,H,bq,bk], batch, head, q_idx, kv_idx, *consts) or None
+  score_mod: Any = None
 
 
 def tile_table(summary: Any, nq: int, nk: int):
@@ -147,6 +149,18 @@ class _Tiles:
     if self.mask is not None:
       allowed = allowed & self.mask.allowed(q_pos, k_pos)[:, None, None]
     return s, capped, allowed
+
+  def mod(self, s, i, j, consts):
+    """``score_mod`` on a tile ``s [B,K,G,bq,bk]`` (identity when there is none)."""
+    st = self.st
+    if st.score_mod is None:
+      return s
+    b = s.shape[0]
+    q_pos = i * st.block_q + jnp.arange(st.block_q) + self.q_offset
+    k_pos = j * st.block_k + jnp.arange(st.block_k)
+    idx = common.score_mod_indices(b, self.kh * self.g, q_pos, k_pos)
+    s4 = s.reshape(b, self.kh * self.g, st.block_q, st.block_k)
+    return st.score_mod(s4, *idx, *consts).reshape(s.shape)
 
   def dlogits_to_raw(self, ds, capped):
     """Chain rule through soft-capping: d tanh = 1 - tanh^2."""
@@ -276,15 +290,15 @@ def _block(x, i, size, axis=1):
   return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
 
 
-def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
+def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts, consts):
   """Returns out ``[B, Tq_pad, K, G, Dv]`` (input dtype) and lse ``[B, K, G, Tq_pad]``."""
   b, _, kh, g, _ = q.shape
   dv = v.shape[-1]
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   nq = q.shape[1] // st.block_q
   sig_bias = jnp.float32(st.sigmoid_bias)
-  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask)
-  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask)
+  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, consts)
+  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask, consts)
 
   tq_pad = q.shape[1]
 
@@ -300,6 +314,7 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
       j = table[i, t]
       kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
       s, _, allowed = tiles.logits(qi, kj, i, j)
+      s = tiles.mod(s, i, j, consts)
       if st.normalizer == "sigmoid":
         p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
         o = o + jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(v.dtype), vj,
@@ -336,14 +351,15 @@ def _forward(st: _Static, q, k, v, bias, alibi, q_offset, mask, table, counts):
 
 
 def _backward(st: _Static, res, do):
-  q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, out, lse = res
+  (q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, consts, out,
+   lse) = res
   b, tq_pad, kh, g, d = q.shape
   dv_dim = v.shape[-1]
   nq, nk = tq_pad // st.block_q, k.shape[1] // st.block_k
   tiles = _Tiles(st, mask, bias, alibi, q_offset, kh, g)
   sig_bias = jnp.float32(st.sigmoid_bias)
-  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, do)
-  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask, do)
+  axes = _varying_axes(q, k, v, bias, alibi, q_offset, mask, consts, do)
+  explicit = _is_explicit(q, k, v, bias, alibi, q_offset, mask, consts, do)
   if st.normalizer == "softmax":
     # delta_i = rowsum(dO * O), [B, K, G, Tq_pad] float32 (fused; no full-size product kept).
     delta = jnp.einsum("bqhgd,bqhgd->bhgq", do.astype(jnp.float32), out.astype(jnp.float32))
@@ -352,7 +368,11 @@ def _backward(st: _Static, res, do):
   rows = lambda x, i: _block(x, i, st.block_q, axis=3)  # [B, K, G, bq] slice of row stats
 
   def probs_and_dlogits(qi, kj, vj, do_i, lse_i, delta_i, i, j):
+    """(p, d logits before score_mod, capped logits, d consts of this tile or None)."""
     s, capped, allowed = tiles.logits(qi, kj, i, j)
+    mod_vjp = None
+    if st.score_mod is not None:
+      s, mod_vjp = jax.vjp(lambda s_, *c: tiles.mod(s_, i, j, c), s, *consts)
     dp = jnp.einsum("bqhgd,bkhd->bhgqk", do_i, vj, preferred_element_type=jnp.float32)
     if st.normalizer == "sigmoid":
       p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
@@ -360,23 +380,30 @@ def _backward(st: _Static, res, do):
     else:
       p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0.0)
       ds = p * (dp - delta_i[..., None])
-    return p, ds, capped
+    dconsts = None
+    if mod_vjp is not None:
+      ds, *dconsts = mod_vjp(ds)
+    return p, ds, capped, dconsts
 
   # One pass over k blocks (FlashAttention-2 order): dk, dv accumulate in the inner loop over
   # the q blocks that see this k block; dq and d bias accumulate in full-size carries.
   dq0 = _vary(jnp.zeros_like(q, jnp.float32), axes)
   dbias0 = None if bias is None else _vary(jnp.zeros_like(tiles.bias5, jnp.float32), axes)
+  dconsts0 = _vary(tuple(jnp.zeros_like(c) for c in consts), axes)
 
   def k_block(carry, j):
-    dq_all, dbias = carry
+    dq_all, dbias, dconsts = carry
     kj, vj = _block(k, j, st.block_k), _block(v, j, st.block_k)
 
     def body(t, carry):
-      dk, dv, dq_all, dbias = carry
+      dk, dv, dq_all, dbias, dconsts = carry
       i = table_t[j, t]
       qi = _block(q, i, st.block_q)
       do_i = _block(do, i, st.block_q)
-      p, ds, capped = probs_and_dlogits(qi, kj, vj, do_i, rows(lse, i), rows(delta, i), i, j)
+      p, ds, capped, dc = probs_and_dlogits(qi, kj, vj, do_i, rows(lse, i), rows(delta, i), i,
+                                            j)
+      if dc is not None:
+        dconsts = tuple(a + b.astype(a.dtype) for a, b in zip(dconsts, dc))
       dv = dv + jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(do.dtype), do_i,
                            preferred_element_type=jnp.float32)
       if dbias is not None:
@@ -391,16 +418,16 @@ def _backward(st: _Static, res, do):
       dq_i = jnp.einsum("bhgqk,bkhd->bqhgd", ds_raw, kj, preferred_element_type=jnp.float32)
       dq_all = jax.lax.dynamic_update_slice_in_dim(
           dq_all, _block(dq_all, i, st.block_q) + dq_i, i * st.block_q, axis=1)
-      return dk, dv, dq_all, dbias
+      return dk, dv, dq_all, dbias, dconsts
 
     dk0 = jnp.zeros((b, st.block_k, kh, d), jnp.float32)
     dv0 = jnp.zeros((b, st.block_k, kh, dv_dim), jnp.float32)
-    init = _fit_carry(body, (*_vary((dk0, dv0), axes), dq_all, dbias), explicit)
-    dk, dv, dq_all, dbias = jax.lax.fori_loop(0, counts_t[j], body, init)
-    return (dq_all, dbias), (dk * st.scale, dv)
+    init = _fit_carry(body, (*_vary((dk0, dv0), axes), dq_all, dbias, dconsts), explicit)
+    dk, dv, dq_all, dbias, dconsts = jax.lax.fori_loop(0, counts_t[j], body, init)
+    return (dq_all, dbias, dconsts), (dk * st.scale, dv)
 
-  init = _fit_carry(lambda j, c: k_block(c, j)[0], (dq0, dbias0), explicit)
-  (dq, dbias), (dk, dv) = jax.lax.scan(k_block, init, jnp.arange(nk))
+  init = _fit_carry(lambda j, c: k_block(c, j)[0], (dq0, dbias0, dconsts0), explicit)
+  (dq, dbias, dconsts), (dk, dv) = jax.lax.scan(k_block, init, jnp.arange(nk))
   dq = (dq * st.scale).astype(q.dtype)
   dk = jnp.swapaxes(dk, 0, 1).reshape(k.shape).astype(k.dtype)
   dv = jnp.swapaxes(dv, 0, 1).reshape(v.shape).astype(v.dtype)
@@ -408,27 +435,31 @@ def _backward(st: _Static, res, do):
     dbias = dbias[..., : bias.shape[-2] if tiles.bias_full_q else 1,
                   : bias.shape[-1] if tiles.bias_full_k else 1]
     dbias = dbias.reshape(bias.shape).astype(bias.dtype)
-  return dq, dk, dv, dbias
+  return dq, dk, dv, dbias, dconsts
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t):
-  out, _ = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts)
+def _flash(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, consts):
+  out, _ = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts, consts)
   return out
 
 
-def _flash_fwd(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t):
-  out, lse = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts)
-  res = (q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, out, lse)
+def _flash_fwd(st, q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t,
+               consts):
+  out, lse = _forward(st, q, k, v, bias, alibi, q_offset, mask, table, counts, consts)
+  res = (q, k, v, bias, alibi, q_offset, mask, table, counts, table_t, counts_t, consts, out,
+         lse)
   return out, res
 
 
 def _flash_bwd(st, res, do):
-  dq, dk, dv, dbias = _backward(st, res, do)
+  dq, dk, dv, dbias, dconsts = _backward(st, res, do)
   zeros = lambda x: None if x is None else jax.tree.map(jnp.zeros_like, x)
   alibi, q_offset, mask = res[4], res[5], res[6]
+  dconsts = tuple(d if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact) else _int_zeros(c)
+                  for c, d in zip(res[11], dconsts))
   return (dq, dk, dv, dbias, zeros(alibi), _int_zeros(q_offset), _int_zeros(mask), None, None,
-          None, None)
+          None, None, dconsts)
 
 
 def _int_zeros(tree):
@@ -444,6 +475,41 @@ def _int_zeros(tree):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+class ConvertedScoreMod(NamedTuple):
+  """A score_mod already closure-converted (``convert_score_mod``) for tiles
+  ``[batch, heads, block_q, block_k]``; ``chunked_attention`` takes it as ``score_mod`` (with
+  the same tile sizes) and differentiates ``consts``. Used by the Pallas wrapper for the
+  captured arrays' gradients."""
+  fn: Any
+  consts: tuple
+  block_q: int
+  block_k: int
+
+
+def convert_score_mod(score_mod: Any, batch: int, heads: int, block_q: int,
+                      block_k: int) -> tuple[Any, tuple]:
+  """``score_mod`` closure-converted for score tiles ``[batch, heads, block_q, block_k]``.
+
+  Returns ``(fn, consts)``: ``fn(s, b, h, q_idx, kv_idx, *consts)`` and the arrays it closed
+  over that may be differentiated (``jax.closure_convert``), which become explicit inputs of
+  the custom_vjp so that their gradients are computed. ``(None, ())`` for None.
+  """
+  if score_mod is None:
+    return None, ()
+  if isinstance(score_mod, ConvertedScoreMod):
+    if (score_mod.block_q, score_mod.block_k) != (block_q, block_k):
+      raise ValueError(f"a ConvertedScoreMod for tiles {(score_mod.block_q, score_mod.block_k)} "
+                       f"cannot run on tiles {(block_q, block_k)}")
+    return score_mod.fn, tuple(score_mod.consts)
+  common.check_score_mod(score_mod)
+  s0 = jnp.zeros((batch, heads, block_q, block_k), jnp.float32)
+  idx0 = common.score_mod_indices(batch, heads, jnp.zeros(block_q, jnp.int32),
+                                  jnp.zeros(block_k, jnp.int32))
+  fn, consts = jax.closure_convert(
+      lambda s, *idx: common.call_score_mod(score_mod, s, idx), s0, *idx0)
+  return fn, tuple(consts)
+
+
 def chunked_attention(
     q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], v: Float[Array, "B Tk K Dv"], *,
     mask: masks_lib.Mask | None = None, bias: Float[ArrayLike, "#B #H #Tq #Tk"] | None = None,
@@ -451,13 +517,16 @@ def chunked_attention(
     alibi_slopes: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
     q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
     return_weights: bool = False, normalizer: str = "softmax", sigmoid_bias: float | None = None,
-    block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
+    block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, score_mod: Any = None,
 ) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Memory-efficient attention; same contract as ``softmax_attention``.
 
   q ``[B,Tq,H,D]``, k ``[B,Tk,K,D]``, v ``[B,Tk,K,Dv]`` -> ``[B,Tq,H,Dv]``. ``block_q`` and
   ``block_k`` are tile sizes (clipped to the lengths). ``normalizer`` is ``"softmax"`` or
-  ``"sigmoid"``. With ``return_weights=True`` the weights are recomputed densely (analysis).
+  ``"sigmoid"``. ``score_mod(score, batch, head, q_idx, kv_idx) -> score`` is applied per tile
+  to the logits after bias and ALiBi (see ``attnlab.attention``); the arrays it closes over get
+  gradients (``convert_score_mod``). With ``return_weights=True`` the weights are recomputed
+  densely (analysis).
   """
   # The dense references register this function as their "chunked" implementation, so they
   # are imported here rather than at module level (no import cycle).
@@ -476,16 +545,18 @@ def chunked_attention(
   nq, nk = -(-tq // bq), -(-tk // bk)
   summary = None if mask is None else mask.block_summary(tq, tk, bq, bk)
   table, counts, table_t, counts_t = tile_table(summary, nq, nk)
+  mod_fn, consts = convert_score_mod(score_mod, b, h, bq, bk)
   st = _Static(scale=float(scale), softcap=None if softcap is None else float(softcap),
                block_q=bq, block_k=bk, q_len=tq, kv_len=tk, normalizer=normalizer,
-               sigmoid_bias=sigmoid_lib.default_sigmoid_bias(tk, sigmoid_bias))
+               sigmoid_bias=sigmoid_lib.default_sigmoid_bias(tk, sigmoid_bias),
+               score_mod=mod_fn)
   q, k, v = (_keep_sharded(x, (0, 2)) for x in (q, k, v))
   if bias is not None:
     bias = _keep_sharded(bias, (0, 1))
   qp = _pad_to(_split_heads(q, kh), 1, nq * bq)
   kp, vp = _pad_to(k, 1, nk * bk), _pad_to(v, 1, nk * bk)
   out = _flash(st, qp, kp, vp, bias, alibi, jnp.asarray(q_offset), mask, jnp.asarray(table),
-               jnp.asarray(counts), jnp.asarray(table_t), jnp.asarray(counts_t))
+               jnp.asarray(counts), jnp.asarray(table_t), jnp.asarray(counts_t), consts)
   out = out[:, :tq].reshape(b, tq, h, v.shape[-1])
   out = common.apply_head_mask(out, head_mask_)
   if not return_weights:
@@ -494,5 +565,6 @@ def chunked_attention(
       softmax_lib.softmax_attention)
   extra = {"sigmoid_bias": sigmoid_bias} if normalizer == "sigmoid" else {}
   _, weights = ref(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
-                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True, **extra)
+                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True,
+                   score_mod=score_mod, **extra)
   return out, weights

@@ -161,6 +161,56 @@ def dense_logits(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"], *, sc
   return s
 
 
+def check_score_mod(score_mod: Any) -> None:
+  """``score_mod`` must be None or callable ``(score, batch, head, q_idx, kv_idx) -> score``."""
+  if score_mod is not None and not callable(score_mod):
+    raise TypeError(f"score_mod must be None or callable(score, batch, head, q_idx, kv_idx) -> "
+                    f"score, got {type(score_mod).__name__}")
+
+
+def score_mod_indices(b: int, h: int, q_pos: Array, k_pos: Array) -> tuple[Array, ...]:
+  """Int32 ``batch [b,1,1,1]``, ``head [1,h,1,1]``, ``q_idx [1,1,n,1]``, ``kv_idx [1,1,1,m]``
+  for a score block ``[b, h, n, m]`` (the arguments a ``score_mod`` receives)."""
+  return (jnp.arange(b, dtype=jnp.int32).reshape(b, 1, 1, 1),
+          jnp.arange(h, dtype=jnp.int32).reshape(1, h, 1, 1),
+          jnp.asarray(q_pos, jnp.int32).reshape(1, 1, -1, 1),
+          jnp.asarray(k_pos, jnp.int32).reshape(1, 1, 1, -1))
+
+
+def call_score_mod(score_mod: Any, s: Float[Array, "B H N M"], idx: tuple[Array, ...],
+                   *consts: Any) -> Float[Array, "B H N M"]:
+  """``score_mod(s, *idx, *consts)`` checked and broadcast to ``s``'s shape, float32."""
+  out = jnp.asarray(score_mod(s, *idx, *consts))
+  try:
+    out = jnp.broadcast_to(out, s.shape)
+  except ValueError:
+    raise ValueError(f"score_mod must return an array broadcastable to the score block "
+                     f"{s.shape}, got shape {out.shape}") from None
+  return out.astype(jnp.float32)
+
+
+def apply_score_mod(score_mod: Any, s: Float[Array, "B H Tq Tk"],
+                    q_offset: Any = 0) -> Float[Array, "B H Tq Tk"]:
+  """Dense ``score_mod`` over logits ``[B, H, Tq, Tk]`` (query ``i`` at ``q_offset + i``)."""
+  if score_mod is None:
+    return s
+  b, h, tq, tk = s.shape
+  q_pos = jnp.arange(tq, dtype=jnp.int32) + jnp.asarray(q_offset, jnp.int32)
+  return call_score_mod(score_mod, s, score_mod_indices(b, h, q_pos, jnp.arange(tk)))
+
+
+def alibi_score_mod(slopes: Any):
+  """ALiBi as a ``score_mod``: ``s - slopes[head] * |q_idx - kv_idx|`` (``slopes [H]``)."""
+  slopes = jnp.asarray(slopes, jnp.float32)
+  return lambda s, b, h, q_idx, kv_idx: s - slopes[h] * jnp.abs(q_idx - kv_idx).astype(
+      jnp.float32)
+
+
+def softcap_score_mod(cap: float):
+  """Soft-capping as a ``score_mod``: ``cap * tanh(s / cap)``."""
+  return lambda s, *_: cap * jnp.tanh(s / cap)
+
+
 def weighted_values(weights: Float[Array, "B H Tq Tk"],
                     v: Float[Array, "B Tk K Dv"]) -> Float[Array, "B Tq H Dv"]:
   """``weights [B, H, Tq, Tk]`` times ``v [B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]`` (grouped)."""

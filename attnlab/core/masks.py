@@ -483,6 +483,137 @@ class ArrayMask(Mask):
 
 
 # ----------------------------------------------------------------------------------------------
+# A mask given by a function (FlexAttention's ``mask_mod``).
+
+
+class _NoHead:
+  """The ``head`` argument of a ``FunctionMask``'s function: attnlab masks have no head axis,
+  so any use of it raises a TypeError that says what to do instead."""
+
+  def _fail(self, *args, **kwargs):
+    raise TypeError("FunctionMask: masks are shared by all heads (attnlab masks have no head "
+                    "axis), so mask_fn cannot use its head argument; for a per-head mask "
+                    "return -inf from a score_mod instead")
+
+  __index__ = __int__ = __float__ = __bool__ = __array__ = __jax_array__ = _fail
+  __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _fail
+  __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __getitem__ = _fail
+  __hash__ = object.__hash__
+
+  def __repr__(self):
+    return "<FunctionMask head: unavailable>"
+
+
+NO_HEAD = _NoHead()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionMask(Mask):
+  """A mask given by ``mask_fn(batch, head, q_idx, kv_idx) -> bool`` (FlexAttention's
+  ``mask_mod``).
+
+  ``mask_fn`` is elementwise ``jnp`` code: it is called with int32 arrays that broadcast
+  against each other (``batch [B|1, 1, 1]``, ``q_idx [1, n, 1]``, ``kv_idx [1, 1, m]``) and
+  returns a bool array broadcastable to ``[B|1, n, m]``. ``q_idx`` is the absolute query
+  position ``q_offset + i`` (the call's ``q_offset`` when the mask is built with 0, as the
+  other masks), ``kv_idx`` the key index. Masks have no head axis, so ``head`` is a
+  placeholder that raises a TypeError if used (per-head masking: a ``score_mod`` returning
+  ``-inf``). Positions past the sequence ends may be passed (padding); ``jnp`` indexing clamps
+  them and the result there is ignored.
+
+  ``mask_fn`` may close over arrays (segment ids, lengths). The block summary is computed by
+  evaluating the function on the whole grid, one q block at a time (O(q_len * kv_len) work,
+  O(block_q * kv_len) memory): statically (numpy) when nothing it reads is traced, traced
+  otherwise. ``batch_size`` is set by ``attnlab.attention`` from the call (``bind_batch``).
+  """
+
+  mask_fn: Any
+  q_offset: Any = 0
+  batch_size_: int | None = None
+
+  def __post_init__(self):
+    if not callable(self.mask_fn):
+      raise TypeError(f"mask_fn must be callable(batch, head, q_idx, kv_idx) -> bool, got "
+                      f"{type(self.mask_fn).__name__}")
+    if jnp.ndim(self.q_offset) != 0:
+      raise ValueError(f"q_offset must be a scalar, got shape {jnp.shape(self.q_offset)}")
+
+  def __repr__(self):
+    name = getattr(self.mask_fn, "__name__", type(self.mask_fn).__name__)
+    return f"FunctionMask({name}, batch_size={self.batch_size_})"
+
+  @property
+  def batch_size(self):
+    return None if (self.batch_size_ or 1) == 1 else self.batch_size_
+
+  def align_q_offset(self, q_offset):
+    off = _resolve_q_offset(self, self.q_offset, q_offset)
+    return self if off is self.q_offset else dataclasses.replace(self, q_offset=off)
+
+  def bind_batch(self, batch: int) -> "FunctionMask":
+    """This mask evaluated over ``batch`` examples (batch indices ``0 .. batch - 1``)."""
+    if self.batch_size_ == batch:
+      return self
+    return dataclasses.replace(self, batch_size_=batch)
+
+  def _call(self, q_idx, k_idx):
+    nb = self.batch_size_ or 1
+    b = jnp.arange(nb, dtype=jnp.int32)[:, None, None]
+    qa = jnp.asarray(q_idx, jnp.int32)[None, :, None] + jnp.asarray(self.q_offset, jnp.int32)
+    ka = jnp.asarray(k_idx, jnp.int32)[None, None, :]
+    out = jnp.asarray(self.mask_fn(b, NO_HEAD, qa, ka))
+    if out.dtype != jnp.bool_:
+      raise TypeError(f"FunctionMask: mask_fn must return booleans, got dtype {out.dtype}")
+    out = out.reshape((1,) * (3 - out.ndim) + out.shape) if out.ndim < 3 else out
+    if out.ndim != 3 or out.shape[0] not in (1, nb):
+      raise ValueError(f"FunctionMask: mask_fn must return an array broadcastable to "
+                       f"[batch, q, kv]=({nb}, {qa.shape[1]}, {ka.shape[2]}), got shape "
+                       f"{out.shape}")
+    return jnp.broadcast_to(out, (out.shape[0], qa.shape[1], ka.shape[2]))
+
+  def allowed(self, q_pos, k_pos):
+    return self._call(q_pos, k_pos)
+
+  def is_traced(self) -> bool:
+    """Whether the mask depends on traced data (then its block summary is traced)."""
+    with jax.ensure_compile_time_eval():
+      return _is_traced(self._call(jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32)))
+
+  def block_summary(self, q_len, kv_len, block_q, block_k):
+    nq, nk = _num_blocks(q_len, block_q), _num_blocks(kv_len, block_k)
+    k_all = np.arange(nk * block_k)
+    k_ok = k_all < kv_len
+    k_eval = np.minimum(k_all, kv_len - 1)
+
+    def row(i, xp):
+      q_all = i * block_q + xp.arange(block_q)
+      q_ok = q_all < q_len
+      a = self._call(xp.minimum(q_all, q_len - 1), k_eval)  # [B|1, bq, nk * bk]
+      valid = q_ok[None, :, None] & k_ok[None, None, :]
+      a = xp.asarray(a)
+      any_ = (a & valid).reshape(a.shape[0], block_q, nk, block_k).any(axis=(1, 3))
+      all_ = (a | ~valid).reshape(a.shape[0], block_q, nk, block_k).all(axis=(1, 3))
+      return xp.where(all_, FULL, xp.where(any_, PARTIAL, EMPTY)).astype(xp.int32)
+
+    if not self.is_traced():
+      with jax.ensure_compile_time_eval():
+        rows = [np.asarray(row(i, jnp)) for i in range(nq)]
+      return np.stack(rows, axis=1)  # [B|1, nq, nk]
+    out = jax.lax.map(lambda i: row(i, jnp), jnp.arange(nq, dtype=jnp.int32))
+    return jnp.swapaxes(out, 0, 1)
+
+
+def bind_batch(mask: Mask | None, batch: int) -> Mask | None:
+  """``mask`` with every ``FunctionMask`` in it evaluated over ``batch`` examples."""
+  if isinstance(mask, FunctionMask):
+    return mask.bind_batch(batch)
+  if isinstance(mask, (And, Or)):
+    a, b = bind_batch(mask.a, batch), bind_batch(mask.b, batch)
+    return mask if (a is mask.a and b is mask.b) else type(mask)(a, b)
+  return mask
+
+
+# ----------------------------------------------------------------------------------------------
 # Composition.
 
 
@@ -560,8 +691,8 @@ def is_static(summary: Array) -> bool:
 
 __all__ = [
     "EMPTY", "PARTIAL", "FULL", "Mask", "LocalMask", "CausalMask", "SlidingWindowMask",
-    "FullMask", "ArrayMask", "PrefixLMMask", "SegmentMask", "ValidLengthMask", "And", "Or",
-    "combine", "is_static",
+    "FullMask", "ArrayMask", "PrefixLMMask", "SegmentMask", "ValidLengthMask", "FunctionMask",
+    "And", "Or", "combine", "is_static", "bind_batch",
 ]
 
 
@@ -592,5 +723,6 @@ _register(PrefixLMMask, ("prefix_len", "q_offset"))
 _register(SegmentMask, ("q_segment_ids", "kv_segment_ids"))
 _register(ValidLengthMask, ("kv_lengths", "q_lengths"))
 _register(ArrayMask, ("array",))
+_register(FunctionMask, ("q_offset",), ("mask_fn", "batch_size_"))
 _register(And, ("a", "b"))
 _register(Or, ("a", "b"))

@@ -253,7 +253,8 @@ _CALL_DEFAULTS = dict(mask=None, bias=None, scale=None, softcap=None, alibi_slop
 def reference_hyperparameters() -> dict[str, tuple[str, Any]]:
   """``{name: (mechanism, default)}`` for every keyword some mechanism's reference takes
   beyond the shared call (``sigmoid_bias``, ``max_distance``, ...), from the signatures."""
-  shared = set(_CALL_DEFAULTS) | {"q", "k", "v"}
+  # score_mod is attention()'s own keyword (None means no mod and is not passed on).
+  shared = set(_CALL_DEFAULTS) | {"q", "k", "v", "score_mod"}
   out = {}
   for name in registry.list_mechanisms():
     impl = registry.get_mechanism(name).implementations.get(REFERENCE)

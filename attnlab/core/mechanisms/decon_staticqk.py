@@ -18,4 +18,4 @@ registry.register_mechanism(
           'embeddings)',
     description="softmax((e W_Q)(e W_K)^T / sqrt(d)) x W_V, e = layer 0's normalised embedding "
                 'input, shared with every layer',
-    complexity='O(T^2 d) time, O(T^2) memory (dense reference)')
+    complexity='O(T^2 d) time, O(T d) memory (its module runs chunked / pallas softmax)')

@@ -83,11 +83,59 @@ def gpsa_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   return (out, weights) if return_weights else out
 
 
+def gpsa_flex(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
+              v: Float[Array, "B Tk K Dv"], *, mask=None, bias: Array | None = None,
+              scale: float | None = None, softcap: float | None = None,
+              alibi_slopes: Array | None = None, q_offset: Any = 0,
+              head_mask: Array | None = None, return_weights: bool = False,
+              pos_weights: Array | None = None, gate: Array | None = None,
+              implementation: str = "chunked", **opts: Any):
+  """``gpsa_attention`` in O(T) memory: two calls ("chunked" or "pallas") combined by the gate.
+
+  Content attention is plain softmax; positional attention is a second call whose score_mod
+  returns ``p0 delta^2 + p1 delta`` (ignoring ``q.k``, so it runs on zero q, k of a small
+  head dim); ``out = (1 - g) out_content + g out_pos``. Both rows
+  sum to 1 over the same visible keys, so this is the reference's renormalised mixture.
+  Departure: a row that a ``-inf`` bias empties in the content term only (the positional
+  term still sees keys) gives ``g out_pos`` here, ``out_pos`` in the reference.
+  """
+  kw = dict(mask=mask, bias=bias, scale=scale, softcap=softcap, alibi_slopes=alibi_slopes,
+            q_offset=q_offset, pos_weights=pos_weights, gate=gate)
+  run = _scores.attend(implementation)
+  mask, bias, scale, alibi, head_mask_ = _scores.prepare(q, k, v, mask, bias, scale,
+                                                         alibi_slopes, head_mask)
+  h = q.shape[2]
+  opts = dict(mask=mask, q_offset=q_offset, **opts)
+  out = run(q, k, v, bias=bias, scale=scale, softcap=softcap, alibi_slopes=alibi, **opts)
+  if gate is not None:
+    g = jax.nn.sigmoid(_scores.head_param(gate, "gate", h))[None, None, :, None]
+    if pos_weights is None:
+      pos_weights = jnp.zeros((h, 2), jnp.float32)
+    if pos_weights.shape != (h, 2):
+      raise ValueError(f"pos_weights must have shape [heads, 2]={(h, 2)}, got "
+                       f"{pos_weights.shape}")
+    pw = pos_weights.astype(jnp.float32)
+
+    def positional(s, bi, hi, qi, ki):
+      delta = (ki - qi).astype(jnp.float32)
+      return pw[hi, 0] * delta * delta + pw[hi, 1] * delta
+
+    zq, zk = _scores.zeros_qk(q, k, implementation)
+    pos = run(zq, zk, v, scale=1.0, score_mod=positional, **opts)
+    out = ((1.0 - g) * out.astype(jnp.float32) + g * pos.astype(jnp.float32)).astype(q.dtype)
+  out = common.apply_head_mask(out, head_mask_)
+  return _scores.with_weights(out, gpsa_attention, q, k, v, return_weights, **kw)
+
+
 registry.register_mechanism(
     'gpsa', kind='module',
     paper='ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
           '(arXiv 2103.10697)',
     description='(1 - sigmoid(l_h)) softmax(q k^T) + sigmoid(l_h) softmax(v_pos . (delta^2, '
                 'delta)), 1-D relative positions, locality init',
-    complexity='O(T^2 d) time, O(T^2) memory (dense reference)',
+    complexity='O(T^2 d) time, O(T d) memory (chunked: two passes)',
     implementations={"xla": gpsa_attention})
+_scores.register_memory_efficient(
+    "gpsa", gpsa_flex, ("pos_weights", "gate"),
+    example=lambda rng, h, d, t: dict(pos_weights=_scores.normal(rng, h, 2, scale=0.01),
+                                      gate=_scores.normal(rng, h)))

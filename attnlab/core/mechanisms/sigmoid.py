@@ -31,15 +31,19 @@ def sigmoid_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
                       bias: Array | None = None, scale: float | None = None,
                       softcap: float | None = None, alibi_slopes: Array | None = None,
                       q_offset: Any = 0, head_mask: Array | None = None,
-                      return_weights: bool = False, sigmoid_bias: float | None = None):
+                      return_weights: bool = False, sigmoid_bias: float | None = None,
+                      score_mod: Any = None):
   """Dense sigmoid attention; shapes as ``softmax_attention``.
 
   ``sigmoid_bias``: the scalar b added to every logit (default ``-log(kv_len)``).
+  ``score_mod``: as ``softmax_attention``'s (applied before ``sigmoid_bias``).
   """
+  common.check_score_mod(score_mod)
   mask, bias, scale, alibi, head_mask = softmax_lib.prepare(q, k, v, mask, bias, scale,
                                                             alibi_slopes, head_mask)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
+  logits = common.apply_score_mod(score_mod, logits, q_offset)
   weights = jax.nn.sigmoid(logits + default_sigmoid_bias(k.shape[1], sigmoid_bias))
   allowed = softmax_lib.dense_mask(mask, q.shape[1], k.shape[1])
   if allowed is not None:

@@ -57,12 +57,18 @@ def softmax_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
                       bias: Array | None = None, scale: float | None = None,
                       softcap: float | None = None, alibi_slopes: Array | None = None,
                       q_offset: Any = 0, head_mask: Array | None = None,
-                      return_weights: bool = False):
-  """Dense softmax attention. q ``[B,Tq,H,D]``, k/v ``[B,Tk,K,D]`` -> ``[B,Tq,H,Dv]``."""
+                      return_weights: bool = False, score_mod: Any = None):
+  """Dense softmax attention. q ``[B,Tq,H,D]``, k/v ``[B,Tk,K,D]`` -> ``[B,Tq,H,Dv]``.
+
+  ``score_mod(score, batch, head, q_idx, kv_idx) -> score`` (see ``attnlab.attention``) is
+  applied to the logits ``[B, H, Tq, Tk]`` after bias and ALiBi, before the mask.
+  """
+  common.check_score_mod(score_mod)
   mask, bias, scale, alibi, head_mask = prepare(q, k, v, mask, bias, scale, alibi_slopes,
                                                 head_mask)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
+  logits = common.apply_score_mod(score_mod, logits, q_offset)
   weights = masked_softmax(logits, dense_mask(mask, q.shape[1], k.shape[1]))
   out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
   return (out, weights) if return_weights else out

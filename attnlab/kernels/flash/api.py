@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import custom_derivatives
 
+from attnlab.core import chunked
 from attnlab.core import common
 from attnlab.core import masks as masks_lib
 from attnlab.core import registry
@@ -45,8 +46,8 @@ Array = jax.Array
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables,
-           dkv_tables, vis_dq):
-  out, _, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables)
+           dkv_tables, vis_dq, mods=()):
+  out, _, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables, mods)
   return out
 
 
@@ -55,9 +56,10 @@ def _flash_fwd(cfg, *args):
   need_dbias = (isinstance(bias_arg, custom_derivatives.CustomVJPPrimal)
                 and bool(bias_arg.perturbed))
   (q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables, dkv_tables,
-   vis_dq) = custom_derivatives.custom_vjp_primal_tree_values(args)
-  out, lse, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables)
-  res = (q, k, v, bias, slopes, scalars, qvecs, kvecs, None, dq_tables, dkv_tables, out, lse,
+   vis_dq, mods) = custom_derivatives.custom_vjp_primal_tree_values(args)
+  out, lse, _ = forward.run(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, fwd_tables,
+                            mods)
+  res = (q, k, v, bias, slopes, scalars, qvecs, kvecs, mods, dq_tables, dkv_tables, out, lse,
          vis_dq)
   return out, (res, () if need_dbias else None)
 
@@ -71,10 +73,69 @@ def _flash_bwd(cfg, residuals, do):
   bias = res[3]
   if dbias is not None:
     dbias = dbias.reshape(bias.shape).astype(bias.dtype)
-  return (dq, dk, dv, dbias, None, None, None, None, None, None, None, None)
+  # The score_mod's captured arrays get their gradient from _mod_grads (below), not here.
+  return (dq, dk, dv, dbias, None, None, None, None, None, None, None, None,
+          tuple(None for _ in res[8]))
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Gradients of a score_mod's captured arrays: an identity on the kernel's output whose
+# backward runs the chunked path's backward (XLA, O(T) memory) for those arrays only, and only
+# when they are differentiated. The kernels compute dq, dk, dv (and d bias) themselves.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mod_grads(static, out, inputs, mods):
+  del static, inputs, mods
+  return out
+
+
+def _mod_grads_fwd(static, out, inputs, mods):
+  flat = jax.tree.leaves(mods, is_leaf=lambda x: isinstance(
+      x, custom_derivatives.CustomVJPPrimal))
+  need = any(bool(getattr(m, "perturbed", False)) for m in flat)
+  out, inputs, mods = custom_derivatives.custom_vjp_primal_tree_values((out, inputs, mods))
+  return out, (inputs, mods, need)
+
+
+def _mod_grads_bwd(static, res, g):
+  inputs, mods, need = res
+  zeros = jax.tree.map(lambda x: None, inputs)
+  if not need or isinstance(g, custom_derivatives.SymbolicZero):
+    return g, zeros, tuple(None for _ in mods)
+  fn, bq, bk, scale, softcap, normalizer, sigmoid_bias = static
+  q, k, v, mask, bias, slopes, q_offset = inputs
+
+  def run(*m):
+    return chunked.chunked_attention(
+        q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap, alibi_slopes=slopes,
+        q_offset=q_offset, normalizer=normalizer, sigmoid_bias=sigmoid_bias, block_q=bq,
+        block_k=bk, score_mod=chunked.ConvertedScoreMod(fn, m, bq, bk))
+
+  _, vjp = jax.vjp(run, *mods)
+  return g, zeros, tuple(vjp(g.astype(q.dtype)))
+
+
+_mod_grads.defvjp(_mod_grads_fwd, _mod_grads_bwd, symbolic_zeros=True)
+
+
+def _convert_tile_mod(score_mod, bq: int, bk: int):
+  """``score_mod`` for one kernel tile (``s [bq, bk]``, scalar batch and head,
+  ``q_idx [bq, 1]``, ``kv_idx [1, bk]``) as ``(fn(s, b, h, q_idx, kv_idx, *consts), consts)``
+  with *every* array it closes over hoisted into ``consts`` (a kernel may capture none;
+  ``jax.closure_convert`` hoists only the differentiable ones)."""
+  s0 = jnp.zeros((bq, bk), jnp.float32)
+  idx0 = (jnp.int32(0), jnp.int32(0), jnp.zeros((bq, 1), jnp.int32),
+          jnp.zeros((1, bk), jnp.int32))
+  closed = jax.make_jaxpr(lambda s, *idx: common.call_score_mod(score_mod, s, idx))(s0, *idx0)
+  jaxpr, consts = closed.jaxpr, tuple(closed.consts)
+
+  def fn(s, b, h, q_idx, kv_idx, *cs):
+    return jax.core.eval_jaxpr(jaxpr, list(cs), s, b, h, q_idx, kv_idx)[0]
+  return fn, consts
 
 
 # ------------------------------------------------------------------------------------------
@@ -112,7 +173,7 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
                     block_k_bwd: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, num_warps_bwd: int | None = None,
                     num_stages_bwd: int | None = None, kernel_backend: str | None = None,
-                    interpret: Any = None, debug_counts: bool = False):
+                    interpret: Any = None, debug_counts: bool = False, score_mod: Any = None):
   """Flash attention with attnlab's contract (see ``attnlab.attention``).
 
   q ``[B, Tq, H, D]``, k ``[B, Tk, K, D]``, v ``[B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]``.
@@ -125,6 +186,15 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   ``debug_counts=True`` returns ``(out, counts)`` with ``counts [B, H, n_q_blocks, 2]`` the
   number of FULL and PARTIAL tiles the forward kernel processed per q block (not
   differentiable; for tests).
+
+  ``score_mod(score, batch, head, q_idx, kv_idx)`` is traced into the three kernel bodies
+  (called per tile with ``score [bq, bk]``, scalar ``batch`` / ``head``, ``q_idx [bq, 1]``,
+  ``kv_idx [1, bk]``), after bias and ALiBi; its vjp gives the tiles' d logits in the backward
+  kernels. The arrays it closes over (``jax.closure_convert``) are kernel inputs read whole by
+  every program (never a dense ``[Tq, Tk]`` array unless the closure holds one); their
+  gradients, when asked for, come from the chunked path's backward (XLA), not the kernels.
+  Plain indexing of captured arrays by the index arrays (gathers) lowers in interpret mode;
+  the Triton and Mosaic compilers accept elementwise code and scalar-indexed reads.
   """
   if normalizer not in ("softmax", "sigmoid"):
     raise ValueError(f"normalizer must be 'softmax' or 'sigmoid', got {normalizer!r}")
@@ -136,6 +206,12 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   reason = unsupported_reason(normalizer=normalizer, **call)
   if reason:
     raise ValueError(f"Pallas flash attention does not support this call: {reason}")
+  common.check_score_mod(score_mod)
+  if score_mod is not None and (debug_counts or sharding.is_explicitly_sharded(
+      (q, k, v, bias, alibi_slopes, q_offset))):
+    raise ValueError("Pallas flash attention: score_mod is not supported with debug_counts or "
+                     "explicitly sharded inputs (use jax.shard_map, or implementation="
+                     "'chunked')")
   if not debug_counts and sharding.is_explicitly_sharded((q, k, v, bias, alibi_slopes,
                                                           q_offset)):
     kernel = functools.partial(
@@ -217,6 +293,24 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   if backend == "mosaic":
     qp, kp, vp = (x.transpose(0, 2, 1, 3) for x in (qp, kp, vp))
 
+  mods, mod_fns, mod_static = (), (None, None), None
+  if score_mod is not None:
+    bq_c, bk_c = min(chunked.DEFAULT_BLOCK_Q, tq), min(chunked.DEFAULT_BLOCK_K, tk)
+    # For the captured arrays' gradients (chunked backward): the differentiable ones only.
+    fn_c, mods = chunked.convert_score_mod(score_mod, b, h, bq_c, bk_c)
+    # For the kernels: every captured array, as inputs.
+    fn_f, kmods = _convert_tile_mod(score_mod, bq, bk)
+    fn_b, kmods_b = _convert_tile_mod(score_mod, bqb, bkb)
+    if [jnp.shape(m) for m in kmods] != [jnp.shape(m) for m in kmods_b]:
+      raise ValueError("score_mod captured different arrays on different tile shapes; "
+                       "use implementation='chunked'")
+    mod_fns = (fn_f, fn_b)
+    mod_static = (fn_c, bq_c, bk_c, float(scale), None if softcap is None else float(softcap),
+                  normalizer, sigmoid_bias)
+  else:
+    kmods = ()
+  mods_in = tuple(jnp.reshape(m, (1,)) if jnp.ndim(m) == 0 else jnp.asarray(m) for m in kmods)
+
   is_16bit = q.dtype in (jnp.bfloat16, jnp.float16)
   cfg = Config(
       normalizer=normalizer, scale=float(scale),
@@ -238,18 +332,26 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
       num_stages_bwd=pick(num_stages_bwd, "num_stages_bwd"),
       fast_math=(backend == "triton" and not interpret and is_16bit),
       precision=None if is_16bit else jax.lax.Precision.HIGHEST,
-      debug_counts=bool(debug_counts), visited_fraction=frac)
+      debug_counts=bool(debug_counts), visited_fraction=frac,
+      score_mod_fwd=mod_fns[0], score_mod_bwd=mod_fns[1],
+      mod_shapes=tuple(tuple(jnp.shape(m)) for m in kmods))
 
   if debug_counts:
     out, _, counts = forward.run(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs,
                                  fwd_tables)
   else:
     out = _flash(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables,
-                 dkv_tables, vis_dq)
+                 dkv_tables, vis_dq, jax.lax.stop_gradient(mods_in))
   if backend == "mosaic":
     out = out.transpose(0, 2, 1, 3)
-  out = common.apply_head_mask(out[:, :tq, :, :dv_in], head_mask_)
+  out = out[:, :tq, :, :dv_in]
   q, k, v = q_in, k_in, v_in
+  if mods and not debug_counts:
+    bias_u = bias if bias is None else bias[
+        :, :, :tq if bias.shape[2] > 1 else None, :tk if bias.shape[3] > 1 else None]
+    out = _mod_grads(mod_static, out, (q, k, v, mask, bias_u, slopes, jnp.asarray(q_offset)),
+                     tuple(mods))
+  out = common.apply_head_mask(out, head_mask_)
   if debug_counts:
     return out, counts[:, :, :, 0, :2]
   if not return_weights:
@@ -257,17 +359,18 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   bias = bias if bias is None else bias[
       :, :, :tq if bias.shape[2] > 1 else None, :tk if bias.shape[3] > 1 else None]
   return out, _reference_weights(q, k, v, mask, bias, scale, softcap, alibi_slopes, q_offset,
-                                 normalizer, sigmoid_bias)
+                                 normalizer, sigmoid_bias, score_mod)
 
 
 def _reference_weights(q, k, v, mask, bias, scale, softcap, alibi_slopes, q_offset, normalizer,
-                       sigmoid_bias):
+                       sigmoid_bias, score_mod=None):
   """``[B, H, Tq, Tk]`` attention weights from the dense reference (``return_weights``)."""
   ref = sigmoid_lib.sigmoid_attention if normalizer == "sigmoid" else (
       softmax_lib.softmax_attention)
   extra = {"sigmoid_bias": sigmoid_bias} if normalizer == "sigmoid" else {}
   _, weights = ref(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
-                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True, **extra)
+                   alibi_slopes=alibi_slopes, q_offset=q_offset, return_weights=True,
+                   score_mod=score_mod, **extra)
   return weights
 
 

@@ -52,8 +52,8 @@ def dq_kernel(cfg: Config, names, ops, n_pref, *refs):
     dq, rows = carry
     q, do, lse, delta = rows_in
     k, v = tile.load("k", i=c.i, j=j), tile.load("v", i=c.i, j=j)
-    s, t = tile.scores(q, k, c.i, j, masked=masked)
-    _, ds, ds_raw = tile.probs_and_grads(s, t, do, v, lse, delta)
+    s, t, mod_vjp = tile.scores(q, k, c.i, j, masked=masked, with_vjp=True)
+    _, ds, ds_raw = tile.probs_and_grads(s, t, do, v, lse, delta, mod_vjp)
     if ds_tiles:
       R["ds"][operands.selector(cfg, kind, ops["ds"], i=c.i, j=j)] = ds
     if ds_rows:
@@ -111,8 +111,8 @@ def dkv_kernel(cfg: Config, names, ops, n_pref, *refs):
     lse = tile.load("lse", i=i, g=g) if softmax else None
     delta = tile.load("delta", i=i, g=g) if softmax else None
     k, v = R["k"][...], R["v"][...]
-    s, t = tile.scores(q, k, i, c.j, masked=masked, g=g)
-    p, ds, ds_raw = tile.probs_and_grads(s, t, do, v, lse, delta)
+    s, t, mod_vjp = tile.scores(q, k, i, c.j, masked=masked, g=g, with_vjp=True)
+    p, ds, ds_raw = tile.probs_and_grads(s, t, do, v, lse, delta, mod_vjp)
     dv = dv + tile_math.dot_tn(p.astype(do_dtype), do, cfg.precision)
     dk = dk + tile_math.dot_tn(ds_raw.astype(q_dtype), q, cfg.precision)
     if cols_out:
@@ -175,10 +175,10 @@ def dkv_kernel(cfg: Config, names, ops, n_pref, *refs):
 
 def run(cfg: Config, res, do, need_dbias: bool):
   """Gradients ``(dq, dk, dv, dbias | None)`` from the forward's residuals ``res``."""
-  (q, k, v, bias, slopes, scalars, qvecs, kvecs, _, dq_tables, dkv_tables, out, lse,
+  (q, k, v, bias, slopes, scalars, qvecs, kvecs, mods, dq_tables, dkv_tables, out, lse,
    vis_dq) = res
   q_roles, kv_roles = operands.roles(cfg)
-  ins = operands.common_inputs(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs)
+  ins = operands.common_inputs(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, mods or ())
   ins.append((Operand("do", q_roles), do))
   if cfg.normalizer == "softmax":
     if cfg.backend == "mosaic":

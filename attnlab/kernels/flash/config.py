@@ -73,6 +73,12 @@ class Config:
   precision: Any  # dot precision (HIGHEST for float32 inputs)
   debug_counts: bool = False
   visited_fraction: float = 1.0  # share of non-empty tiles (cost estimates)
+  # score_mod closure-converted for the forward and the backward tiles:
+  # fn(s [bq, bk], batch, head, q_idx [bq, 1], kv_idx [1, bk], *mods) (None: no score_mod),
+  # and the shapes of its captured arrays ("mod<n>" operands, read whole by every program).
+  score_mod_fwd: Any = None
+  score_mod_bwd: Any = None
+  mod_shapes: tuple = ()
 
   @property
   def groups(self) -> int:

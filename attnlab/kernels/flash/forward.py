@@ -111,7 +111,7 @@ def fwd_kernel(cfg: Config, names, ops, n_pref, *refs):
     finish(m_ref[:, :1], l_ref[:, :1], acc_ref[...], cnt_ref[0], cnt_ref[1])
 
 
-def run(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs, tables):
+def run(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs, tables, mods=()):
   """The forward on padded, driver-laid-out inputs -> ``(out, lse | None, counts | None)``."""
   q_roles, _ = operands.roles(cfg)
   out_shape = (q.shape[:-1] + (cfg.v_dim,))
@@ -123,7 +123,7 @@ def run(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs, tables):
     nq = cfg.n_rows("fwd")
     outs.append((Operand("counts", ("b", "h", "qblk", FULL_DIM, FULL_DIM)),
                  jax.ShapeDtypeStruct((cfg.batch, cfg.heads, nq, 1, LANES), jnp.int32)))
-  ins = operands.common_inputs(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs)
+  ins = operands.common_inputs(cfg, q, k, v, bias, slopes, scalars, qvecs, kvecs, mods)
   res = operands.call(cfg, "fwd", fwd_kernel, ins, outs, tables,
                     cost=operands.cost(cfg, "fwd", q.dtype.itemsize))
   return res["o"], res.get("lse"), res.get("counts")

@@ -167,8 +167,9 @@ def bias_roles(shape):
           "k" if tk > 1 else FULL_DIM)
 
 
-def common_inputs(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs):
-  """The inputs every kernel reads, as (Operand, array)."""
+def common_inputs(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs, mods=()):
+  """The inputs every kernel reads, as (Operand, array). ``mods``: the score_mod's captured
+  arrays (at least 1-d), each read whole."""
   q_roles, kv_roles = roles(cfg)
   ins = [(Operand("q", q_roles), q), (Operand("k", kv_roles), k),
          (Operand("v", kv_roles), v),
@@ -181,6 +182,8 @@ def common_inputs(cfg: Config, q, k, v, bias, slopes, scalars, qvecs, kvecs):
     ins.append((Operand(f"qv{n}", ("b", "q", FULL_DIM)), x))
   for n, x in enumerate(kvecs):
     ins.append((Operand(f"kv{n}", ("b", FULL_DIM, "k")), x))
+  for n, x in enumerate(mods):
+    ins.append((Operand(f"mod{n}", (FULL_DIM,) * x.ndim), x))
   return ins
 
 

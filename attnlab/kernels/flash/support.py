@@ -71,7 +71,7 @@ def default_interpret(backend: str, platform: str | None = None):
 def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | None:
   """None when the Pallas kernel supports ``call`` (attention's keyword arguments), else why
   not. Used as the registry's ``supports`` so "auto" falls back to "chunked"."""
-  allowed = set(_CONTRACT_KWARGS) | set(KERNEL_KWARGS)
+  allowed = set(_CONTRACT_KWARGS) | set(KERNEL_KWARGS) | {"score_mod"}
   if normalizer == "sigmoid":
     allowed.add("sigmoid_bias")
   extra = set(call) - allowed
@@ -109,6 +109,8 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   if reason:
     return reason
   if sharding.is_explicitly_sharded(arrays):
+    if call.get("score_mod") is not None:
+      return "score_mod with explicitly sharded inputs (use jax.shard_map)"
     reason = sharding.unsupported_reason(call.get("mask"))
     if reason:
       return reason

@@ -12,6 +12,7 @@ logits for the backward kernels. The float32-accumulating dots and the (optional
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -67,21 +68,42 @@ class Tile:
   def scalar(self, s):
     return self.refs["scalars"][self.c.b, s]
 
-  def scores(self, q, k, i, j, *, masked: bool, g=None):
+  def score_mod(self):
+    """The closure-converted score_mod for this kernel's tiles (None without one)."""
+    return self.cfg.score_mod_fwd if self.kind == "fwd" else self.cfg.score_mod_bwd
+
+  def apply_mod(self, s, q_pos, k_pos, with_vjp: bool):
+    """``score_mod`` on the natural-unit logits ``s [bq, bk]``: (modified, vjp fn | None)."""
+    fn = self.score_mod()
+    mods = [self.refs[f"mod{n}"][...].reshape(shape)
+            for n, shape in enumerate(self.cfg.mod_shapes)]
+    b = jnp.asarray(self.c.b, jnp.int32)
+    h = jnp.asarray(self.head, jnp.int32)
+    q_idx = q_pos + self.scalar(0)
+    f = lambda x: fn(x, b, h, q_idx, k_pos, *mods)
+    if not with_vjp:
+      return f(s), None
+    out, vjp = jax.vjp(f, s)
+    return out, lambda ds: vjp(ds)[0]
+
+  def scores(self, q, k, i, j, *, masked: bool, g=None, with_vjp: bool = False):
     """Logits of tile (i, j) in the normaliser's domain (base 2 for softmax), masked to -inf
-    where not allowed, and ``tanh`` of the capped logits (or None)."""
+    where not allowed, ``tanh`` of the capped logits (or None), and with ``with_vjp`` the
+    score_mod's vjp (d logits after it -> before it; None without a score_mod)."""
     cfg = self.cfg
     bq, bk = cfg.blocks(self.kind)
     s = dot_nt(q, k, cfg.precision)
     c2 = LOG2E if cfg.normalizer == "softmax" else 1.0
-    extras = self.has("bias") or cfg.has_alibi
+    has_mod = self.score_mod() is not None
+    mod_vjp = None
+    extras = self.has("bias") or cfg.has_alibi or has_mod
     t = None
     if cfg.softcap is not None:
       t = tanh(cfg, s * (cfg.scale / cfg.softcap))
       s = t * (cfg.softcap * (1.0 if extras else c2))
     else:
       s = s * (cfg.scale * (1.0 if extras else c2))
-    need_pos = masked or cfg.has_alibi
+    need_pos = masked or cfg.has_alibi or has_mod
     if need_pos:
       q_pos = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
       k_pos = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
@@ -92,6 +114,8 @@ class Tile:
         slope = self.refs["slopes"][self.c.b, self.head]
         dist = jnp.abs(q_pos + self.scalar(0) - k_pos).astype(F32)
         s = s - slope * dist
+      if has_mod:
+        s, mod_vjp = self.apply_mod(s, q_pos, k_pos, with_vjp)
       if c2 != 1.0:
         s = s * c2
     if masked:
@@ -107,11 +131,13 @@ class Tile:
         ok = in_range if ok is None else ok & in_range
       if ok is not None:
         s = jnp.where(ok, s, -jnp.inf)
+    if with_vjp:
+      return s, t, mod_vjp
     return s, t
 
-  def probs_and_grads(self, s, t, do, v, lse=None, delta=None):
-    """Recomputed probabilities and d logits (``ds`` w.r.t. the biased logits, ``ds_raw``
-    w.r.t. ``q.k * scale`` before soft-capping)."""
+  def probs_and_grads(self, s, t, do, v, lse=None, delta=None, mod_vjp=None):
+    """Recomputed probabilities and d logits (``ds`` w.r.t. the biased logits before the
+    score_mod, ``ds_raw`` w.r.t. ``q.k * scale`` before soft-capping)."""
     cfg = self.cfg
     dp = dot_nt(do, v, cfg.precision)
     if cfg.normalizer == "softmax":
@@ -120,5 +146,7 @@ class Tile:
     else:
       p = sigmoid(cfg, s + cfg.sigmoid_bias)
       ds = dp * (p * (1.0 - p))
+    if mod_vjp is not None:
+      ds = mod_vjp(ds)
     ds_raw = ds if t is None else ds * (1.0 - t * t)
     return p, ds, ds_raw

@@ -147,10 +147,16 @@ def segments_allowed(seg):
   return causal(t, seg.shape[0]) & (seg[:, :, None] == seg[:, None, :])
 
 
-def check_deconstructed(mechanism, naive):
-  """A "Deconstructing Attention" mechanism through ``attnlab.attention`` against its naive
-  loops (values, gradients) under causal segment masks; its rows are distributions over the
-  visible keys."""
+# Options of the implementations the score-mechanism tests run: the dense reference and the
+# chunked score_mod path with ragged tiles.
+IMPLS = {"xla": dict(implementation="xla"),
+         "chunked": dict(implementation="chunked", block_q=2, block_k=4)}
+
+
+def check_deconstructed(mechanism, naive, impl="xla"):
+  """A "Deconstructing Attention" mechanism through ``attnlab.attention`` (implementation
+  ``impl``, see ``IMPLS``) against its naive loops (values, gradients) under causal segment
+  masks; its rows are distributions over the visible keys."""
   b, t, h, kh, d = 2, 5, 4, 2, 3
   q, k, v = rand(b, t, h, d, seed=1), rand(b, t, kh, d, seed=2), rand(b, t, kh, d, seed=3)
   seg = np.array([[0, 0, 0, 1, 1], [0, 1, 1, 1, 1]])
@@ -158,8 +164,8 @@ def check_deconstructed(mechanism, naive):
   mask = masks.SegmentMask(seg)
   scale = 1 / math.sqrt(d)
   _, w = check(lambda q, k, v: attnlab.attention(
-      q, k, v, mechanism=mechanism, implementation="xla", mask=mask, is_causal=True,
-      return_weights=True), lambda q, k, v: naive(np, q, k, v, allowed, scale), (q, k, v))
+      q, k, v, mechanism=mechanism, mask=mask, is_causal=True, return_weights=True,
+      **IMPLS[impl]), lambda q, k, v: naive(np, q, k, v, allowed, scale), (q, k, v))
   # Rows are distributions over the visible keys.
   w = np.asarray(w)
   assert (w >= 0).all() and (w[np.broadcast_to(~allowed[:, None], w.shape)] == 0).all()

@@ -16,7 +16,7 @@ from attnlab import masks, models
 from attnlab.core.mechanisms.deberta import deberta_attention, log_bucket, relative_index
 from attnlab.nn.mechanisms.deberta import DebertaAttention
 
-from _helpers import (ATOL, CAUSAL_T, D, H, K, OFF, RTOL, TK, VOCAB, E, call,  # noqa: I100
+from _helpers import (ATOL, IMPLS, CAUSAL_T, D, H, K, OFF, RTOL, TK, VOCAB, E, call,  # noqa: I100
                       causal_allowed, check_decode, check_decoder_lm_forward_grad, check_grads,
                       check_registered, f64, jit_call, make, model_config, naive_out,
                       naive_softmax, output, project, qkv, rand, rep, softmax_ref, x_input, B)
@@ -41,7 +41,8 @@ def naive_deberta(xp, q, k, v, q_r, k_r, m, allowed, off):
 # Pure function.
 
 
-def test_deberta_vs_naive_and_grads():
+@pytest.mark.parametrize("impl_name", ["xla", "chunked"])
+def test_deberta_vs_naive_and_grads(impl_name):
   m = 3
   q, k, v = qkv(10)
   q_r, k_r = rand(2 * m, H, D, seed=11), rand(2 * m, H, D, seed=12)
@@ -49,7 +50,8 @@ def test_deberta_vs_naive_and_grads():
 
   def impl(q, k, v, q_r, k_r):
     return attnlab.attention(q, k, v, mechanism="deberta", mask=masks.CausalMask(OFF),
-                             q_offset=OFF, q_r=q_r, k_r=k_r, max_distance=m)
+                             q_offset=OFF, q_r=q_r, k_r=k_r, max_distance=m,
+                             **IMPLS[impl_name])
 
   got = check_grads(impl, lambda *a: naive_deberta(jnp, *a, m, allowed, OFF),
                     [q, k, v, q_r, k_r])

@@ -5,6 +5,7 @@ differences), its weight floor; causal in a tiny DecoderLM."""
 import math
 
 import numpy as np
+import pytest
 
 from attnlab import masks
 from attnlab.core.mechanisms.decon_approx import taylor_attention
@@ -38,8 +39,9 @@ def naive_taylor(xp, q, k, v, allowed, scale):
   return out, xp.stack(ws).reshape(b_, h, tq, -1)
 
 
-def test_deconstructed_attention_matches_naive():
-  check_deconstructed("decon_approx", naive_taylor)
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_deconstructed_attention_matches_naive(impl):
+  check_deconstructed("decon_approx", naive_taylor, impl)
 
 
 def test_taylor_weight_floor():
@@ -57,3 +59,27 @@ def test_taylor_weight_floor():
 
 def test_decon_approx_decoder_is_causal():
   check_decoder_is_causal_and_decodes("decon_approx")
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_linear_implementation_has_the_dense_numbers(is_causal):
+  """The "linear" implementation (Taylor feature map through attnlab.core.linear) against the
+  naive loops: GQA, causal (T_q = T_k) and bidirectional (T_q != T_k), values and gradients."""
+  import attnlab  # pylint: disable=g-import-not-at-top
+  from numeric_checks import check  # pylint: disable=g-import-not-at-top
+  b, tq, h, kh, d = 2, 5, 4, 2, 3
+  tk = tq if is_causal else 7
+  q, k, v = rand(b, tq, h, d, seed=7), rand(b, tk, kh, d, seed=8), rand(b, tk, kh, d, seed=9)
+  allowed = causal(tq, b) if is_causal else np.ones((b, tq, tk), bool)
+  check(lambda q, k, v: attnlab.attention(q, k, v, mechanism="decon_approx",
+                                          implementation="linear", is_causal=is_causal,
+                                          chunk_size=2),
+        lambda q, k, v: naive_taylor(np, q, k, v, allowed, 1 / math.sqrt(d)), (q, k, v))
+
+
+def test_linear_implementation_refuses_other_masks():
+  import attnlab  # pylint: disable=g-import-not-at-top
+  q = rand(1, 4, 2, 3, seed=1)
+  with pytest.raises(ValueError, match="only causal \\(no offset\\), valid-length and full masks"):
+    attnlab.attention(q, q, q, mechanism="decon_approx", implementation="linear",
+                      mask=masks.SlidingWindowMask(2))

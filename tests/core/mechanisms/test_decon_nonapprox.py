@@ -34,8 +34,9 @@ def naive_selfgate(xp, q, k, v, allowed, scale):
   return out, xp.stack(ws).reshape(b_, h, t, -1)
 
 
-def test_deconstructed_attention_matches_naive():
-  check_deconstructed("decon_nonapprox", naive_selfgate)
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_deconstructed_attention_matches_naive(impl):
+  check_deconstructed("decon_nonapprox", naive_selfgate, impl)
 
 
 def test_nonapprox_query_independence():

@@ -15,7 +15,7 @@ from attnlab import masks
 from attnlab.core.mechanisms.gpsa import gpsa_attention, locality_pos_weights
 from attnlab.nn.mechanisms.gpsa import GPSAttention
 
-from _helpers import (ATOL, CAUSAL_T, H, OFF, RTOL, TQ, call, causal_allowed,  # noqa: I100
+from _helpers import (ATOL, IMPLS, CAUSAL_T, H, OFF, RTOL, TQ, call, causal_allowed,  # noqa: I100
                       check_decode, check_decoder_lm_forward_grad, check_grads,
                       check_registered, f64, jit_call, make, naive_out, naive_softmax, output,
                       project, qkv, rand, rep, softmax_ref, x_input)
@@ -38,7 +38,8 @@ def naive_gpsa(xp, q, k, v, pos_w, gate, allowed, off):
 # Pure function.
 
 
-def test_gpsa_vs_naive_and_grads():
+@pytest.mark.parametrize("impl_name", ["xla", "chunked"])
+def test_gpsa_vs_naive_and_grads(impl_name):
   q, k, v = qkv(40)
   pos_w = rand(H, 2, seed=41) * 0.3
   gate = rand(H, seed=42)
@@ -46,7 +47,8 @@ def test_gpsa_vs_naive_and_grads():
 
   def impl(q, k, v, pos_w, gate):
     return attnlab.attention(q, k, v, mechanism="gpsa", mask=masks.CausalMask(OFF),
-                             q_offset=OFF, pos_weights=pos_w, gate=gate)
+                             q_offset=OFF, pos_weights=pos_w, gate=gate,
+                             **IMPLS[impl_name])
 
   got = check_grads(impl, lambda *a: naive_gpsa(jnp, *a, allowed, OFF),
                     [q, k, v, pos_w, gate])

@@ -16,7 +16,7 @@ from attnlab import masks
 from attnlab.core.mechanisms.rcmha import rcmha_attention
 from attnlab.nn.mechanisms.rcmha import RCMHAttention, causal_depthwise_conv
 
-from _helpers import (ATOL, BATCH, CAUSAL_T, D, D_MOD, H, OFF, RTOL, T, call,  # noqa: I100
+from _helpers import (ATOL, IMPLS, BATCH, CAUSAL_T, D, D_MOD, H, OFF, RTOL, T, call,  # noqa: I100
                       causal_allowed, check_decode, check_decoder_lm_forward_grad, check_grads,
                       check_registered, f64, jit_call, make, naive_out, naive_softmax, output,
                       project, qkv, rand, randomize, rep, softmax_ref, x_input)
@@ -35,7 +35,8 @@ def naive_rcmha(xp, q, k, v, r, u, w, m, allowed, off):
 # Pure function.
 
 
-def test_rcmha_vs_naive_and_grads():
+@pytest.mark.parametrize("impl_name", ["xla", "chunked"])
+def test_rcmha_vs_naive_and_grads(impl_name):
   m = 3
   q, k, v = qkv(20)
   r = rand(2 * m + 1, H, D, seed=21)
@@ -44,7 +45,8 @@ def test_rcmha_vs_naive_and_grads():
 
   def impl(q, k, v, r, u, w):
     return attnlab.attention(q, k, v, mechanism="rcmha", mask=masks.CausalMask(OFF),
-                             q_offset=OFF, r=r, u=u, w=w, max_distance=m)
+                             q_offset=OFF, r=r, u=u, w=w, max_distance=m,
+                             **IMPLS[impl_name])
 
   got = check_grads(impl, lambda *a: naive_rcmha(jnp, *a, m, allowed, OFF),
                     [q, k, v, r, u, w])

@@ -17,8 +17,8 @@ from attnlab.core.mechanisms.selective import selective_attention
 from attnlab.nn import attention as A
 from attnlab.nn.mechanisms.selective import SelectiveAttention
 
-from _helpers import (ATOL, B, CAUSAL, CAUSAL_T, D_MOD, H, K, OFF, RTOL, TK, TQ,  # noqa: I100
-                      VOCAB, call, causal_allowed, check_decode, check_decoder_lm_forward_grad,
+from _helpers import (ATOL, IMPLS, B, CAUSAL, CAUSAL_T, D_MOD, H, K, OFF, RTOL, TK,  # noqa: I100
+                      TQ, VOCAB, call, causal_allowed, check_decode, check_decoder_lm_forward_grad,
                       check_grads, check_registered, f64, jit_call, make, model_config,
                       naive_out, naive_softmax, output, project, qkv, rand, randomize, rep,
                       softmax_ref, x_input)
@@ -37,7 +37,8 @@ def naive_selective(xp, q, k, v, qt, vt, s, allowed):
 # Pure function.
 
 
-def test_selective_vs_naive_and_grads():
+@pytest.mark.parametrize("impl_name", ["xla", "chunked"])
+def test_selective_vs_naive_and_grads(impl_name):
   q, k, v = qkv(0)
   qt = 1 + 0.5 * np.tanh(rand(B, TQ, H, seed=5))
   vt = 1 + 0.5 * np.tanh(rand(B, TK, K, seed=6))
@@ -46,7 +47,7 @@ def test_selective_vs_naive_and_grads():
 
   def impl(q, k, v, qt, vt, s):
     return attnlab.attention(q, k, v, mechanism="selective_ssa", mask=CAUSAL, q_temperature=qt,
-                             v_temperature=vt, position_strength=s)
+                             v_temperature=vt, position_strength=s, **IMPLS[impl_name])
 
   got = check_grads(impl, lambda *a: naive_selective(jnp, *a, allowed), [q, k, v, qt, vt, s])
   want = naive_selective(np, *f64(q, k, v, qt, vt, s), allowed)
