@@ -145,7 +145,8 @@ class _Tiles:
     if self.alibi is not None:
       ab = common.alibi_bias(self.alibi, q_pos + self.q_offset, k_pos)  # [B|1,H,bq,bk]
       s = s + ab.reshape(ab.shape[0], self.kh, self.g, st.block_q, st.block_k)
-    allowed = (k_pos < st.kv_len)[None, None, None, None, :]
+    # Padded keys and padded query rows are never visible (a score_mod may be NaN there).
+    allowed = ((q_pos < st.q_len)[:, None] & (k_pos < st.kv_len)[None, :])[None, None, None]
     if self.mask is not None:
       allowed = allowed & self.mask.allowed(q_pos, k_pos)[:, None, None]
     return s, capped, allowed
@@ -156,8 +157,11 @@ class _Tiles:
     if st.score_mod is None:
       return s
     b = s.shape[0]
-    q_pos = i * st.block_q + jnp.arange(st.block_q) + self.q_offset
-    k_pos = j * st.block_k + jnp.arange(st.block_k)
+    # Positions of the padding past the ends are clamped to the last real ones, so a score_mod
+    # reading tables by position never reads out of range (jnp.take's fill would give NaN,
+    # and 0 * NaN in the backward would poison dq / dk / dv and the captured arrays).
+    q_pos = jnp.minimum(i * st.block_q + jnp.arange(st.block_q), st.q_len - 1) + self.q_offset
+    k_pos = jnp.minimum(j * st.block_k + jnp.arange(st.block_k), st.kv_len - 1)
     idx = common.score_mod_indices(b, self.kh * self.g, q_pos, k_pos)
     s4 = s.reshape(b, self.kh * self.g, st.block_q, st.block_k)
     return st.score_mod(s4, *idx, *consts).reshape(s.shape)

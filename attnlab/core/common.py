@@ -181,6 +181,9 @@ def call_score_mod(score_mod: Any, s: Float[Array, "B H N M"], idx: tuple[Array,
                    *consts: Any) -> Float[Array, "B H N M"]:
   """``score_mod(s, *idx, *consts)`` checked and broadcast to ``s``'s shape, float32."""
   out = jnp.asarray(score_mod(s, *idx, *consts))
+  if not jnp.issubdtype(out.dtype, jnp.inexact):
+    raise TypeError(f"score_mod must return floating-point scores, got dtype {out.dtype} "
+                    "(a boolean mask belongs in mask=, e.g. masks.FunctionMask)")
   try:
     out = jnp.broadcast_to(out, s.shape)
   except ValueError:
@@ -202,6 +205,8 @@ def apply_score_mod(score_mod: Any, s: Float[Array, "B H Tq Tk"],
 def alibi_score_mod(slopes: Any):
   """ALiBi as a ``score_mod``: ``s - slopes[head] * |q_idx - kv_idx|`` (``slopes [H]``)."""
   slopes = jnp.asarray(slopes, jnp.float32)
+  if slopes.ndim != 1:
+    raise ValueError(f"alibi_score_mod: slopes must have shape [H], got {slopes.shape}")
   return lambda s, b, h, q_idx, kv_idx: s - slopes[h] * jnp.abs(q_idx - kv_idx).astype(
       jnp.float32)
 

@@ -25,8 +25,11 @@ KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
 
 # Identities of the math (GQA, batch permutation) run on the reference in the default run;
 # other implementations are tied to the reference by test_vs_xla (whose inputs are GQA
-# with a per-batch mask), so their own runs of these are marked slow (a compile each).
-SLOW_FOR_NON_REFERENCE = ("test_gqa_equals_mha_with_repeated_kv", "test_batch_permutation")
+# with a per-batch mask), so their own runs of these are marked slow (a compile each). The
+# pmap variant of test_transforms is too: pmap of xla / chunked / pallas is covered by
+# tests/core/test_sharding.py, and jit vs no-jit already ties each pair's traced values.
+SLOW_FOR_NON_REFERENCE = ("test_gqa_equals_mha_with_repeated_kv", "test_batch_permutation",
+                          "test_transforms__with_pmap")
 
 
 def _wrap(method, mark):

@@ -188,6 +188,30 @@ def test_bad_score_mods():
 # FunctionMask.
 
 
+def test_position_tables_read_at_padded_positions_stay_finite():
+  """T=20 with 16-wide tiles pads queries and keys; a score_mod reading per-position tables
+  with jnp.take (fill mode: NaN out of range) must not poison the chunked gradients. The
+  reference is the dense path, which has no padding."""
+  q, k, v = (rand(1, 20, 2, 8, seed=n) for n in range(3))
+  w = jnp.linspace(0.5, 1.5, 20)
+
+  def loss(impl):
+    def f(q, k, v, w):
+      mod = lambda s, b, h, qi, ki: s * jnp.take(w, ki) * jnp.take(w, qi)
+      extra = {} if impl == "xla" else dict(block_q=16, block_k=16)
+      out = attnlab.attention(q, k, v, is_causal=True, score_mod=mod, implementation=impl,
+                              **extra)
+      return jnp.sum(out * out)
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+  got, want = loss("chunked")(q, k, v, w), loss("xla")(q, k, v, w)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in got)
+  chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
+  with pytest.raises(TypeError, match="floating-point scores, got dtype bool"):
+    attnlab.attention(q, k, v, score_mod=lambda s, *_: s > 0)
+  with pytest.raises(ValueError, match=r"slopes must have shape \[H\]"):
+    attnlab.core.common.alibi_score_mod(jnp.ones((1, 2)))
+
+
 def naive_summary(dense, bq, bk):
   b, tq, tk = dense.shape
   out = np.zeros((b, -(-tq // bq), -(-tk // bk)), np.int32)

@@ -236,7 +236,8 @@ def test_bf16_compute():
     (dict(mechanism="nope"), ValueError, r"registered mechanisms: \[.*'softmax'"),
     (dict(implementation="nope"), ValueError, "unknown implementation 'nope'"),
     (dict(mechanism_kwargs={"foo": 1}), ValueError, r"unknown attention kwargs \['foo'\]"),
-    (dict(mechanism_kwargs={"sigmoid_bias": 1.0}), ValueError, "accepted: \\['scale'\\]"),
+    (dict(mechanism_kwargs={"sigmoid_bias": 1.0}), ValueError,
+     "accepted: \\['scale', 'score_mod'\\]"),
     (dict(mechanism_kwargs={"softcap": 1.0}), ValueError, "attention.softcap"),
     (dict(implementation="chunked", mechanism_kwargs={"normalizer": "sigmoid"}), ValueError,
      "may not set 'normalizer'"),
@@ -254,7 +255,7 @@ def test_bad_input_shape():
 
 
 def test_accepted_kwargs_from_signatures():
-  assert A.accepted_mechanism_kwargs("softmax") == {"scale"}
+  assert A.accepted_mechanism_kwargs("softmax") == {"scale", "score_mod"}
   assert "sigmoid_bias" in A.accepted_mechanism_kwargs("sigmoid")
   assert "block_q" in A.accepted_mechanism_kwargs("softmax", "chunked")
   mod = make(implementation="chunked", mechanism_kwargs={"block_q": 2, "block_k": 2},

@@ -169,7 +169,11 @@ def test_stop_between_logged_steps_resumes_with_the_same_windows(make_config, st
 # tensorstore's NOT_FOUND in a background task and returns (seen 1 run in 3); only the
 # checksums catch it reliably (test_damaged_latest_checkpoint_falls_back).
 @pytest.mark.parametrize("kind", [
-    "deleted_data_iterator_json", pytest.param("truncated_file", marks=_slow),
+    "deleted_data_iterator_json",
+    # Without checksums a truncated data file was once restored without an error (seen 1 run
+    # in 2 with the full suite): orbax need not read the truncated bytes. Checksums catch it.
+    pytest.param("truncated_file", marks=[_slow, pytest.mark.xfail(
+        strict=False, reason="orbax may restore a truncated file without reading the cut")]),
     pytest.param("empty_metadata", marks=_slow), pytest.param("deleted_state", marks=_slow)])
 def test_checkpoints_without_checksums(kind, make_config, stopped, reference, caplog):
   # As written before checksums existed (or killed between orbax's commit and the checksum

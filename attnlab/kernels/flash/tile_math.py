@@ -79,8 +79,11 @@ class Tile:
             for n, shape in enumerate(self.cfg.mod_shapes)]
     b = jnp.asarray(self.c.b, jnp.int32)
     h = jnp.asarray(self.head, jnp.int32)
-    q_idx = q_pos + self.scalar(0)
-    f = lambda x: fn(x, b, h, q_idx, k_pos, *mods)
+    # Padding past the ends is clamped to the last real position (as in core/chunked.py): a
+    # score_mod reading tables by position never reads out of range.
+    q_idx = jnp.minimum(q_pos, self.cfg.q_len - 1) + self.scalar(0)
+    k_idx = jnp.minimum(k_pos, self.cfg.kv_len - 1)
+    f = lambda x: fn(x, b, h, q_idx, k_idx, *mods)
     if not with_vjp:
       return f(s), None
     out, vjp = jax.vjp(f, s)
