@@ -100,10 +100,15 @@ def relative_term(x: Array, table: Array, index: Array, kv_heads: int | None = N
 
 
 def softmax_output(logits: Array, v: Array, mask, head_mask: Array | None, dtype: Any,
-                   return_weights: bool):
-  """Masked softmax of ``logits`` times ``v``; head mask; cast; optional weights."""
+                   return_weights: bool, allowed: Array | None = None):
+  """Masked softmax of ``logits`` times ``v``; head mask; cast; optional weights.
+  ``allowed`` (boolean, broadcastable to ``logits``) further restricts the keys, e.g. a
+  routing or window pattern."""
   tq, tk = logits.shape[-2:]
-  weights = softmax_lib.masked_softmax(logits, softmax_lib.dense_mask(mask, tq, tk))
+  visible = softmax_lib.dense_mask(mask, tq, tk)
+  if allowed is not None:
+    visible = allowed if visible is None else allowed & visible
+  weights = softmax_lib.masked_softmax(logits, visible)
   out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(dtype)
   return (out, weights) if return_weights else out
 

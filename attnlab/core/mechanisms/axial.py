@@ -31,7 +31,6 @@ from attnlab.core import common
 from attnlab.core import registry
 from attnlab.core.mechanisms import _grid
 from attnlab.core.mechanisms import _scores
-from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 
@@ -68,13 +67,10 @@ def axial_reference(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   same = qc[:, None, :] == kc[None, :, :]
   line = jnp.all(jnp.where(jnp.arange(len(grid)) == axis, True, same), axis=-1)
   allowed = line[None, None]
-  if mask is not None:
-    allowed = allowed & mask.dense(tq, tk)[:, None]
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  weights = softmax_lib.masked_softmax(logits, allowed)
-  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
-  return (out, weights) if return_weights else out
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights,
+                                allowed=allowed)
 
 
 def axial_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],

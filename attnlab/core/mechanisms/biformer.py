@@ -39,7 +39,6 @@ from attnlab.core import common
 from attnlab.core import registry
 from attnlab.core.mechanisms import _grid
 from attnlab.core.mechanisms import _scores
-from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 
@@ -91,18 +90,15 @@ def biformer_reference(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   regions, top_k = _prepare(q, k, grid_shape, region_size, top_k)
-  tq, tk = q.shape[1], k.shape[1]
+  tk = k.shape[1]
   sel = biformer_route(q, k, mask, regions, top_k, q_offset)  # [B, H, Tq, k]
   region_of = np.zeros(tk, np.int32)
   region_of[regions.reshape(-1)] = np.repeat(np.arange(regions.shape[0]), regions.shape[1])
   allowed = jnp.any(sel[..., None] == jnp.asarray(region_of), axis=-2)
-  if mask is not None:
-    allowed = allowed & mask.dense(tq, tk)[:, None]
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  weights = softmax_lib.masked_softmax(logits, allowed)
-  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
-  return (out, weights) if return_weights else out
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights,
+                                allowed=allowed)
 
 
 def biformer_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],

@@ -96,12 +96,8 @@ def halo_reference(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   logits = _scores.finish_logits(raw, scale=scale, softcap=softcap, bias=bias, alibi=alibi,
                                  q_offset=q_offset)
   allowed = inwin[None, None]
-  if mask is not None:
-    allowed = allowed & mask.dense(tq, tk)[:, None]
-  from attnlab.core.mechanisms import softmax as softmax_lib  # pylint: disable=g-import-not-at-top
-  weights = softmax_lib.masked_softmax(logits, allowed)
-  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
-  return (out, weights) if return_weights else out
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights,
+                                allowed=allowed)
 
 
 def halo_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],

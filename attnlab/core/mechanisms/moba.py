@@ -46,6 +46,7 @@ from attnlab.core import common
 from attnlab.core import masks as masks_lib
 from attnlab.core import registry
 from attnlab.core.mechanisms import _grid
+from attnlab.core.mechanisms import _scores
 from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
@@ -127,16 +128,13 @@ def moba_reference(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   block_size, top_k = _check(block_size, top_k)
   mask, bias, scale, alibi, head_mask = softmax_lib.prepare(q, k, v, mask, bias, scale,
                                                             alibi_slopes, head_mask)
-  tq, tk = q.shape[1], k.shape[1]
+  tk = k.shape[1]
   sel = moba_route(q, k, mask, block_size, top_k, q_offset)
   allowed = _grid.selection_mask(sel, tk, block_size)
-  if mask is not None:
-    allowed = allowed & softmax_lib.dense_mask(mask, tq, tk)
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  weights = softmax_lib.masked_softmax(logits, allowed)
-  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
-  return (out, weights) if return_weights else out
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights,
+                                allowed=allowed)
 
 
 def moba_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],

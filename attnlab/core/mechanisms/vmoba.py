@@ -40,7 +40,6 @@ from attnlab.core import common
 from attnlab.core import registry
 from attnlab.core.mechanisms import _grid
 from attnlab.core.mechanisms import _scores
-from attnlab.core.mechanisms import softmax as softmax_lib
 
 Array = jax.Array
 PARTITIONS = ("1d", "2d", "3d")
@@ -130,18 +129,15 @@ def vmoba_reference(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
   mask, bias, scale, alibi, head_mask = _scores.prepare(q, k, v, mask, bias, scale,
                                                         alibi_slopes, head_mask)
   blocks, top_k = _prepare(q, k, grid_shape, block_shape, partition, top_k, threshold)
-  tq, tk = q.shape[1], k.shape[1]
+  tk = k.shape[1]
   keep = vmoba_select(q, k, mask, blocks, top_k, threshold, global_selection)
   block_of = np.zeros(tk, np.int32)
   block_of[blocks.reshape(-1)] = np.repeat(np.arange(blocks.shape[0]), blocks.shape[1])
   allowed = jnp.take(keep, jnp.asarray(block_of), axis=-1)
-  if mask is not None:
-    allowed = allowed & mask.dense(tq, tk)[:, None]
   logits = common.dense_logits(q, k, scale=scale, bias=bias, softcap=softcap, alibi=alibi,
                                q_offset=q_offset)
-  weights = softmax_lib.masked_softmax(logits, allowed)
-  out = common.apply_head_mask(common.weighted_values(weights, v), head_mask).astype(q.dtype)
-  return (out, weights) if return_weights else out
+  return _scores.softmax_output(logits, v, mask, head_mask, q.dtype, return_weights,
+                                allowed=allowed)
 
 
 def vmoba_attention(q: Float[Array, "B Tq H D"], k: Float[Array, "B Tk K D"],
