@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Any, Callable
@@ -42,10 +44,40 @@ def time_fn(fn: Callable[..., Any], *args, warmup: int = 1, runs: int = 5) -> di
   return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs}
 
 
+def program_fingerprint(compiled: Any) -> str:
+  """A hash of the optimised HLO with names, numbering and source metadata removed: two
+  callables with the same fingerprint compiled to the same program (same speed by
+  construction)."""
+  lines = []
+  for line in compiled.as_text().splitlines():
+    s = line.strip()
+    if not s.startswith(("%", "ROOT", "ENTRY")):
+      continue
+    s = re.sub(r",? ?metadata=\{[^}]*\}", "", s)
+    s = re.sub(r",? ?stack_frame_id=\d+", "", s)
+    lines.append(re.sub(r"(%[\w\-]+)\.\d+", r"\1", s))
+  return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+
+def interleaved_min(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+  """Min wall seconds of each zero-argument ``fn`` over ``rounds``, timed in turn (A B C A B
+  C ...) after one warm-up each, so that load on a shared machine hits all of them alike."""
+  for fn in fns.values():
+    block(fn())
+  times: dict[str, list[float]] = {n: [] for n in fns}
+  for _ in range(rounds):
+    for n, fn in fns.items():
+      t0 = time.perf_counter()
+      block(fn())
+      times[n].append(time.perf_counter() - t0)
+  return {n: min(t) for n, t in times.items()}
+
+
 def compiled_stats(jitted: Callable[..., Any], *args) -> dict[str, Any]:
-  """Compiled temporary / argument / output bytes and XLA's FLOP estimate."""
+  """Compiled temporary / argument / output bytes, XLA's FLOP estimate and the program's
+  fingerprint (``program_fingerprint``)."""
   compiled = jitted.lower(*args).compile()
-  out: dict[str, Any] = {}
+  out: dict[str, Any] = {"program": program_fingerprint(compiled)}
   try:
     mem = compiled.memory_analysis()
     out.update(temp_bytes=int(mem.temp_size_in_bytes),

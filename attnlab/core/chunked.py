@@ -89,6 +89,44 @@ def tile_table(summary: Any, nq: int, nk: int):
   return table, counts, table_t, counts_t
 
 
+def combine_tile_states(summary: Any, extra: Any, batch: int, nq: int, nk: int,
+                        name: str = "tile_states"):
+  """``min(summary, extra)``: a mask's tile summary (``[B|1, nq, nk]`` or None = all FULL)
+  restricted by data-dependent tile states ``extra`` (int ``[B|1, nq, nk]``, EMPTY / PARTIAL /
+  FULL; numpy or traced), e.g. the blocks a router selected. numpy when both are static."""
+  shape = tuple(np.shape(extra))
+  if len(shape) != 3 or shape[1:] != (nq, nk) or shape[0] not in (1, batch):
+    raise ValueError(f"{name} must give int [batch|1, n_q_tiles, n_k_tiles] = "
+                     f"[{batch}|1, {nq}, {nk}], got shape {shape}")
+  if summary is None:
+    return extra
+  xp = np if masks_lib.is_static(summary) and masks_lib.is_static(extra) else jnp
+  return xp.minimum(xp.asarray(summary).astype(xp.int32), xp.asarray(extra).astype(xp.int32))
+
+
+@jax.tree_util.register_pytree_node_class
+class _BatchRow:
+  """``mask`` as one batch element ``bi`` (traced) sees it: ``allowed`` -> ``[1, bq, bk]``
+  (the per-batch-table loops run one batch element at a time)."""
+
+  def __init__(self, mask, bi):
+    self.mask, self.bi = mask, bi
+
+  def allowed(self, q_pos, k_pos):
+    a = self.mask.allowed(q_pos, k_pos)
+    if a.shape[0] == 1:
+      return a
+    return jax.lax.dynamic_index_in_dim(a, self.bi, 0, keepdims=True)
+
+  def tree_flatten(self):
+    return (self.mask, self.bi), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(*children)
+
+
 def _split_heads(x: Array, kh: int) -> Array:
   """``[B, T, H, D]`` -> ``[B, T, K, G, D]``."""
   b, t, h, d = x.shape
@@ -376,7 +414,10 @@ def _backward(st: _Static, res, do):
     s, capped, allowed = tiles.logits(qi, kj, i, j)
     mod_vjp = None
     if st.score_mod is not None:
-      s, mod_vjp = jax.vjp(lambda s_, *c: tiles.mod(s_, i, j, c), s, *consts)
+      def mod(s_, *fc):  # differentiated w.r.t. the floating consts only
+        it = iter(fc)
+        return tiles.mod(s_, i, j, [next(it) if f else c for f, c in zip(is_float, consts)])
+      s, mod_vjp = jax.vjp(mod, s, *float_consts)
     dp = jnp.einsum("bqhgd,bkhd->bhgqk", do_i, vj, preferred_element_type=jnp.float32)
     if st.normalizer == "sigmoid":
       p = jnp.where(allowed, jax.nn.sigmoid(s + sig_bias), 0.0)
@@ -393,7 +434,10 @@ def _backward(st: _Static, res, do):
   # the q blocks that see this k block; dq and d bias accumulate in full-size carries.
   dq0 = _vary(jnp.zeros_like(q, jnp.float32), axes)
   dbias0 = None if bias is None else _vary(jnp.zeros_like(tiles.bias5, jnp.float32), axes)
-  dconsts0 = _vary(tuple(jnp.zeros_like(c) for c in consts), axes)
+  is_float = [jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact) for c in consts]
+  float_consts = [c for f, c in zip(is_float, consts) if f]
+  # Accumulated over tiles in float32 (a bf16 table's gradient sums thousands of tiles).
+  dconsts0 = _vary(tuple(jnp.zeros(jnp.shape(c), jnp.float32) for c in float_consts), axes)
 
   def k_block(carry, j):
     dq_all, dbias, dconsts = carry
@@ -460,8 +504,10 @@ def _flash_bwd(st, res, do):
   dq, dk, dv, dbias, dconsts = _backward(st, res, do)
   zeros = lambda x: None if x is None else jax.tree.map(jnp.zeros_like, x)
   alibi, q_offset, mask = res[4], res[5], res[6]
-  dconsts = tuple(d if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact) else _int_zeros(c)
-                  for c, d in zip(res[11], dconsts))
+  it = iter(dconsts)  # the floating consts' gradients, in order; float0 for the others
+  dconsts = tuple(next(it).astype(jnp.asarray(c).dtype)
+                  if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact) else _int_zeros(c)
+                  for c in res[11])
   return (dq, dk, dv, dbias, zeros(alibi), _int_zeros(q_offset), _int_zeros(mask), None, None,
           None, None, dconsts)
 
@@ -479,6 +525,21 @@ def _int_zeros(tree):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def _per_batch_flash(st: _Static, q, k, v, q_offset, mask, states, nq: int, nk: int):
+  """``_flash`` with a table per batch element (``states [B, nq, nk]``), one element at a
+  time (``lax.map``: a sequential loop, so every element keeps its own trip counts)."""
+  states = jnp.broadcast_to(jnp.asarray(states, jnp.int32), (q.shape[0], nq, nk))
+
+  def one(args):
+    bi, qb, kb, vb, sb = args
+    table, counts, table_t, counts_t = tile_table(sb[None], nq, nk)
+    m = None if mask is None else _BatchRow(mask, bi)
+    return _flash(st, qb[None], kb[None], vb[None], None, None, q_offset, m, table, counts,
+                  table_t, counts_t, ())[0]
+
+  return jax.lax.map(one, (jnp.arange(q.shape[0], dtype=jnp.int32), q, k, v, states))
+
+
 class ConvertedScoreMod(NamedTuple):
   """A score_mod already closure-converted (``convert_score_mod``) for tiles
   ``[batch, heads, block_q, block_k]``; ``chunked_attention`` takes it as ``score_mod`` (with
@@ -494,9 +555,11 @@ def convert_score_mod(score_mod: Any, batch: int, heads: int, block_q: int,
                       block_k: int) -> tuple[Any, tuple]:
   """``score_mod`` closure-converted for score tiles ``[batch, heads, block_q, block_k]``.
 
-  Returns ``(fn, consts)``: ``fn(s, b, h, q_idx, kv_idx, *consts)`` and the arrays it closed
-  over that may be differentiated (``jax.closure_convert``), which become explicit inputs of
-  the custom_vjp so that their gradients are computed. ``(None, ())`` for None.
+  Returns ``(fn, consts)``: ``fn(s, b, h, q_idx, kv_idx, *consts)`` and every array it closed
+  over (``common.hoist_constants``), which become explicit inputs of the custom_vjp: the
+  floating ones get gradients, the integer ones (document ids) float0 zeros; none stays a
+  closed-over tracer (which fails under ``jit(grad)`` inside ``scan``/``checkpoint``).
+  ``(None, ())`` for None.
   """
   if score_mod is None:
     return None, ()
@@ -509,9 +572,8 @@ def convert_score_mod(score_mod: Any, batch: int, heads: int, block_q: int,
   s0 = jnp.zeros((batch, heads, block_q, block_k), jnp.float32)
   idx0 = common.score_mod_indices(batch, heads, jnp.zeros(block_q, jnp.int32),
                                   jnp.zeros(block_k, jnp.int32))
-  fn, consts = jax.closure_convert(
+  return common.hoist_constants(
       lambda s, *idx: common.call_score_mod(score_mod, s, idx), s0, *idx0)
-  return fn, tuple(consts)
 
 
 def chunked_attention(
@@ -522,6 +584,7 @@ def chunked_attention(
     q_offset: Any = 0, head_mask: Float[ArrayLike, "H"] | Float[ArrayLike, "#B H"] | None = None,
     return_weights: bool = False, normalizer: str = "softmax", sigmoid_bias: float | None = None,
     block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, score_mod: Any = None,
+    tile_states: Any = None,
 ) -> Float[Array, "B Tq H Dv"] | tuple[Float[Array, "B Tq H Dv"], Float[Array, "B H Tq Tk"]]:
   """Memory-efficient attention; same contract as ``softmax_attention``.
 
@@ -531,6 +594,14 @@ def chunked_attention(
   to the logits after bias and ALiBi (see ``attnlab.attention``); the arrays it closes over get
   gradients (``convert_score_mod``). With ``return_weights=True`` the weights are recomputed
   densely (analysis).
+
+  ``tile_states(block_q, block_k, n_q_tiles, n_k_tiles)`` -> int ``[B|1, nq, nk]``
+  (EMPTY / PARTIAL / FULL, numpy or traced): data-dependent tile states (e.g. MoBA's selected
+  blocks) combined with the mask's summary by ``min``; the loops skip the EMPTY tiles. With a
+  batch axis of size ``B`` every batch element gets its own table and the loops run one batch
+  element at a time (``lax.map``); that mode takes no bias, ALiBi or score_mod. A tile the
+  states mark PARTIAL or FULL is computed with the mask elementwise, so the states only
+  remove tiles.
   """
   # The dense references register this function as their "chunked" implementation, so they
   # are imported here rather than at module level (no import cycle).
@@ -548,7 +619,19 @@ def chunked_attention(
   bq, bk = min(block_q, tq), min(block_k, tk)
   nq, nk = -(-tq // bq), -(-tk // bk)
   summary = None if mask is None else mask.block_summary(tq, tk, bq, bk)
-  table, counts, table_t, counts_t = tile_table(summary, nq, nk)
+  per_batch = False
+  if tile_states is not None:
+    if return_weights:  # the dense recomputation below knows the mask only
+      raise ValueError("chunked_attention: return_weights=True cannot be combined with "
+                       "tile_states (the weights would ignore the removed tiles)")
+    extra = tile_states(bq, bk, nq, nk)
+    summary = combine_tile_states(summary, extra, b, nq, nk)
+    per_batch = np.shape(extra)[0] > 1
+    if per_batch and (bias is not None or alibi is not None or score_mod is not None):
+      raise ValueError("chunked_attention: per-batch tile_states ([B, nq, nk] with B > 1) "
+                       "take no bias, alibi_slopes or score_mod")
+  if not per_batch:
+    table, counts, table_t, counts_t = tile_table(summary, nq, nk)
   mod_fn, consts = convert_score_mod(score_mod, b, h, bq, bk)
   st = _Static(scale=float(scale), softcap=None if softcap is None else float(softcap),
                block_q=bq, block_k=bk, q_len=tq, kv_len=tk, normalizer=normalizer,
@@ -559,8 +642,11 @@ def chunked_attention(
     bias = _keep_sharded(bias, (0, 1))
   qp = _pad_to(_split_heads(q, kh), 1, nq * bq)
   kp, vp = _pad_to(k, 1, nk * bk), _pad_to(v, 1, nk * bk)
-  out = _flash(st, qp, kp, vp, bias, alibi, jnp.asarray(q_offset), mask, jnp.asarray(table),
-               jnp.asarray(counts), jnp.asarray(table_t), jnp.asarray(counts_t), consts)
+  if per_batch:
+    out = _per_batch_flash(st, qp, kp, vp, jnp.asarray(q_offset), mask, summary, nq, nk)
+  else:
+    out = _flash(st, qp, kp, vp, bias, alibi, jnp.asarray(q_offset), mask, jnp.asarray(table),
+                 jnp.asarray(counts), jnp.asarray(table_t), jnp.asarray(counts_t), consts)
   out = out[:, :tq].reshape(b, tq, h, v.shape[-1])
   out = common.apply_head_mask(out, head_mask_)
   if not return_weights:

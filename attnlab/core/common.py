@@ -192,6 +192,31 @@ def call_score_mod(score_mod: Any, s: Float[Array, "B H N M"], idx: tuple[Array,
   return out.astype(jnp.float32)
 
 
+def hoist_constants(fn: Any, *example_args: Any) -> tuple[Any, tuple]:
+  """``fn`` traced at ``example_args`` with *every* array it closes over hoisted out.
+
+  Returns ``(g, consts)`` with ``g(*args, *consts) == fn(*args)`` for arguments of the example
+  shapes. Unlike ``jax.closure_convert`` (which hoists only the differentiable ones), integer
+  and boolean tracers (document ids, lengths) are hoisted too, so ``g`` closes over no tracer
+  and may be passed as static data into a custom_vjp or a kernel under any outer transform.
+  """
+  closed = jax.make_jaxpr(fn)(*example_args)
+  return HoistedFn(closed.jaxpr, len(jax.tree.leaves(example_args))), tuple(closed.consts)
+
+
+class HoistedFn:
+  """``fn(*args, *consts)`` evaluating ``jaxpr`` (its constvars are the hoisted ``consts``);
+  the kernels read ``jaxpr`` to index captured arrays in place (``kernels.flash.ref_reads``).
+  """
+
+  def __init__(self, jaxpr: Any, n_args: int):
+    self.jaxpr, self.n_args = jaxpr, n_args
+
+  def __call__(self, *args_and_consts: Any) -> Any:
+    args, consts = args_and_consts[:self.n_args], args_and_consts[self.n_args:]
+    return jax.core.eval_jaxpr(self.jaxpr, list(consts), *args)[0]
+
+
 def apply_score_mod(score_mod: Any, s: Float[Array, "B H Tq Tk"],
                     q_offset: Any = 0) -> Float[Array, "B H Tq Tk"]:
   """Dense ``score_mod`` over logits ``[B, H, Tq, Tk]`` (query ``i`` at ``q_offset + i``)."""

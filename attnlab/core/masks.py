@@ -30,6 +30,7 @@ call's shapes) and aligns its positions with the call's ``q_offset``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -546,22 +547,66 @@ class FunctionMask(Mask):
   def batch_size(self):
     return None if (self.batch_size_ or 1) == 1 else self.batch_size_
 
+  def _replace(self, **changes) -> "FunctionMask":
+    """``dataclasses.replace`` keeping the hoisted function and constants (an unflattened
+    copy must not call ``mask_fn``, whose closure may hold another trace's tracers)."""
+    out = dataclasses.replace(self, **changes)
+    for f in ("_program", "_consts", "_static", "_unflattened"):
+      if f in self.__dict__:
+        object.__setattr__(out, f, self.__dict__[f])
+    return out
+
   def align_q_offset(self, q_offset):
     off = _resolve_q_offset(self, self.q_offset, q_offset)
-    return self if off is self.q_offset else dataclasses.replace(self, q_offset=off)
+    return self if off is self.q_offset else self._replace(q_offset=off)
 
   def bind_batch(self, batch: int) -> "FunctionMask":
     """This mask evaluated over ``batch`` examples (batch indices ``0 .. batch - 1``)."""
     if self.batch_size_ == batch:
       return self
-    return dataclasses.replace(self, batch_size_=batch)
+    return self._replace(batch_size_=batch)
+
+  def hoisted(self) -> tuple[Any, tuple]:
+    """``(program, consts)``: ``mask_fn`` traced once at scalar indices with every array it
+    closes over (traced document ids included) hoisted into ``consts``, so that the mask's
+    pytree leaves carry them and no tracer stays closed over inside a custom_vjp or kernel
+    (``program`` is None when ``mask_fn`` cannot be traced at scalars; it is then called
+    directly)."""
+    if "_program" not in self.__dict__:
+      zero = jnp.int32(0)
+      try:
+        closed = jax.make_jaxpr(lambda b, q, k: self.mask_fn(b, NO_HEAD, q, k))(zero, zero, zero)
+        program, consts = _MaskProgram(closed.jaxpr), tuple(closed.consts)
+      except Exception as e:  # pylint: disable=broad-except
+        if isinstance(e, TypeError) and "shared by all heads" in str(e):
+          raise  # a misuse of the head argument: the user should see it
+        program, consts = None, ()  # not traceable at scalars: called directly
+      object.__setattr__(self, "_program", program)
+      object.__setattr__(self, "_consts", consts)
+    return self.__dict__["_program"], self.__dict__["_consts"]
+
+  def evaluate_at(self, batch, q_idx, kv_idx):
+    """``mask_fn`` at broadcasting int32 ``batch``, absolute ``q_idx`` and ``kv_idx`` (no
+    offset added): a bool array (the kernels trace it at their tile shape)."""
+    out = jnp.asarray(self._evaluate(batch, q_idx, kv_idx))
+    if out.dtype != jnp.bool_:
+      raise TypeError(f"FunctionMask: mask_fn must return booleans, got dtype {out.dtype}")
+    return out
+
+  def _evaluate(self, b, qa, ka):
+    program, consts = self.hoisted() if self.__dict__.get("_unflattened") else (None, ())
+    if program is None:
+      return jnp.asarray(self.mask_fn(b, NO_HEAD, qa, ka))
+    scalar_fn = lambda b_, q_, k_: jax.core.eval_jaxpr(program.jaxpr, list(consts), b_, q_,
+                                                       k_)[0]
+    return jnp.vectorize(scalar_fn)(b, qa, ka)
 
   def _call(self, q_idx, k_idx):
     nb = self.batch_size_ or 1
     b = jnp.arange(nb, dtype=jnp.int32)[:, None, None]
     qa = jnp.asarray(q_idx, jnp.int32)[None, :, None] + jnp.asarray(self.q_offset, jnp.int32)
     ka = jnp.asarray(k_idx, jnp.int32)[None, None, :]
-    out = jnp.asarray(self.mask_fn(b, NO_HEAD, qa, ka))
+    out = self._evaluate(b, qa, ka)
     if out.dtype != jnp.bool_:
       raise TypeError(f"FunctionMask: mask_fn must return booleans, got dtype {out.dtype}")
     out = out.reshape((1,) * (3 - out.ndim) + out.shape) if out.ndim < 3 else out
@@ -601,6 +646,43 @@ class FunctionMask(Mask):
       return np.stack(rows, axis=1)  # [B|1, nq, nk]
     out = jax.lax.map(lambda i: row(i, jnp), jnp.arange(nq, dtype=jnp.int32))
     return jnp.swapaxes(out, 0, 1)
+
+
+class _MaskProgram:
+  """A ``FunctionMask``'s traced function (pytree metadata). Compared by its printed jaxpr
+  (constant types included), so masks built afresh from the same code share a jit cache
+  entry."""
+
+  def __init__(self, jaxpr):
+    self.jaxpr = jaxpr
+    self._key = str(jaxpr)
+
+  def __eq__(self, other):
+    return isinstance(other, _MaskProgram) and self._key == other._key
+
+  def __hash__(self):
+    return hash(self._key)
+
+
+class _StaticConsts:
+  """The concrete (non-traced) arrays a ``FunctionMask`` closes over, kept as pytree metadata
+  so that they stay concrete inside jit (a static block summary); compared by value."""
+
+  def __init__(self, values: tuple):
+    self.values = tuple(None if v is None else np.asarray(v) for v in values)
+    self._key = tuple(None if v is None else (v.shape, str(v.dtype), hashlib.sha1(
+        np.ascontiguousarray(v).tobytes()).hexdigest()) for v in self.values)
+
+  def __eq__(self, other):
+    return isinstance(other, _StaticConsts) and self._key == other._key
+
+  def __hash__(self):
+    return hash(self._key)
+
+
+def _traced_mask_fn(*args):
+  raise TypeError("this FunctionMask was rebuilt from its pytree; it evaluates its traced "
+                  "program (FunctionMask.hoisted), not a Python function")
 
 
 def bind_batch(mask: Mask | None, batch: int) -> Mask | None:
@@ -723,6 +805,41 @@ _register(PrefixLMMask, ("prefix_len", "q_offset"))
 _register(SegmentMask, ("q_segment_ids", "kv_segment_ids"))
 _register(ValidLengthMask, ("kv_lengths", "q_lengths"))
 _register(ArrayMask, ("array",))
-_register(FunctionMask, ("q_offset",), ("mask_fn", "batch_size_"))
+
+
+def _flatten_function_mask(m: FunctionMask):
+  program, consts = m.hoisted()
+  if program is None:  # called directly: the function itself is the metadata
+    return (m.q_offset, ()), (m.mask_fn, m.batch_size_, None, None, ())
+  if "_static" not in m.__dict__:
+    traced = tuple(i for i, c in enumerate(consts) if isinstance(c, jax.core.Tracer))
+    static = _StaticConsts(tuple(None if i in traced else c for i, c in enumerate(consts)))
+    object.__setattr__(m, "_static", (static, traced))
+  static, traced = m.__dict__["_static"]
+  return (m.q_offset, tuple(consts[i] for i in traced)), (None, m.batch_size_, program, static,
+                                                          traced)
+
+
+def _unflatten_function_mask(meta, children):
+  fn, batch_size, program, static, traced = meta
+  obj = object.__new__(FunctionMask)
+  object.__setattr__(obj, "mask_fn", fn if fn is not None else _traced_mask_fn)
+  object.__setattr__(obj, "batch_size_", batch_size)
+  object.__setattr__(obj, "q_offset", children[0])
+  if program is not None:
+    consts = list(static.values)
+    for i, c in zip(traced, children[1]):
+      consts[i] = c
+    object.__setattr__(obj, "_program", program)
+    object.__setattr__(obj, "_consts", tuple(consts))
+    object.__setattr__(obj, "_static", (static, traced))
+    object.__setattr__(obj, "_unflattened", True)
+  return obj
+
+
+# A FunctionMask's leaves are its q_offset and the traced arrays its function closes over;
+# its traced program and concrete arrays are metadata (see _MaskProgram, _StaticConsts).
+jax.tree_util.register_pytree_node(FunctionMask, _flatten_function_mask,
+                                   _unflatten_function_mask)
 _register(And, ("a", "b"))
 _register(Or, ("a", "b"))

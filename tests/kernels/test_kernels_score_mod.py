@@ -133,3 +133,100 @@ def test_pallas_registered_for_ported_mechanisms_and_not_auto_on_cpu():
   q, k, v = rand(B, TQ, H, D), rand(B, TK, K, D), rand(B, TK, K, D)
   with pytest.raises(TypeError, match="block_qq"):
     attnlab.attention(q, k, v, mechanism="t5_relative", implementation="pallas", block_qq=16)
+
+
+def _ref_reads(jaxpr, shape):
+  """Shapes of every in-kernel read (``get``) of a ref of ``shape``, in all nested jaxprs."""
+  from jax.extend import core as jex_core  # pylint: disable=g-import-not-at-top
+  out = []
+
+  def walk(j):
+    for e in j.eqns:
+      if e.primitive.name == "get" and tuple(e.invars[0].aval.shape) == shape:
+        out.append(tuple(e.outvars[0].aval.shape))
+      for p in e.params.values():
+        for sub in (p if isinstance(p, (list, tuple)) else [p]):
+          if isinstance(sub, jex_core.ClosedJaxpr):
+            walk(sub.jaxpr)
+          elif isinstance(sub, jex_core.Jaxpr):
+            walk(sub)
+  walk(jaxpr)
+  return out
+
+
+def test_captured_arrays_are_read_by_tile_never_whole():
+  """A captured [TQ, TK] bias and a [distance, H] table are read inside the three kernels only
+  at the elements of the tile (``[bq, bk]`` index arrays), never whole; values and gradients
+  (the captured arrays' included) equal a naive dense attention."""
+  tq, tk = 40, 24  # bigger than one 16 x 16 tile, so a whole read would show
+  q, k, v = rand(B, tq, H, D, seed=31), rand(B, tk, K, D, seed=32), rand(B, tk, K, D, seed=33)
+  bias2d, table = rand(tq, tk, seed=34), rand(tq + tk, H, seed=35)
+  rel = np.arange(tq)[:, None] - np.arange(tk)[None, :] + tk  # [tq, tk] in [1, tq + tk)
+
+  def run(q, k, v, bias2d, table):
+    mod = lambda s, b, h, qi, ki: s + bias2d[qi, ki] + table[qi - ki + tk, h]
+    return attnlab.attention(q, k, v, implementation="pallas", score_mod=mod, **TILES)
+
+  def ref(q, k, v, bias2d, table):
+    kk, vv = (jnp.repeat(x, H // K, axis=2) for x in (k, v))
+    s = jnp.einsum("bihd,bjhd->bhij", q, kk) / np.sqrt(D)
+    s = s + bias2d[None, None] + jnp.moveaxis(table[rel], -1, 0)[None]
+    return jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(s, axis=-1), vv)
+
+  args = (q, k, v, bias2d, table)
+  assert_same(value_and_vjp(run, args, True), value_and_vjp(ref, args))
+  grad_jaxpr = jax.make_jaxpr(jax.grad(lambda *a: run(*a).sum(), argnums=(0, 1, 2)))(*args)
+  bias_reads, table_reads = _ref_reads(grad_jaxpr.jaxpr, (tq, tk)), _ref_reads(
+      grad_jaxpr.jaxpr, (tq + tk, H))
+  assert bias_reads and table_reads  # the fwd, dq and dkv kernels each read both
+  for shape in bias_reads:
+    assert shape == (16, 16), shape  # the tile's elements
+  for shape in table_reads:
+    assert shape != (tq + tk, H) and int(np.prod(shape)) <= 16 * 16, shape
+
+
+def test_function_mask_in_the_kernels():
+  """A FunctionMask (per-batch document ids it captures, ``&`` a causal mask, at a q_offset)
+  runs in the kernels: values and gradients equal a naive dense attention whose mask is built
+  with numpy here; the forward visits exactly the tiles the numpy mask leaves non-empty; the
+  captured ids are read by index, never whole."""
+  from attnlab import masks  # pylint: disable=g-import-not-at-top
+  from attnlab.kernels.flash import flash_attention  # pylint: disable=g-import-not-at-top
+  b, tq, tk, off = 2, 40, 48, 8
+  docs_np = np.stack([np.arange(tk) // 12, np.minimum(np.arange(tk) // 20, 1)])  # [B, TK]
+  dense = ((docs_np[:, off:off + tq, None] == docs_np[:, None, :])
+           & (np.arange(tq)[:, None] + off >= np.arange(tk)[None, :]))  # [B, TQ, TK]
+  q, k, v = rand(b, tq, H, D, seed=41), rand(b, tk, K, D, seed=42), rand(b, tk, K, D, seed=43)
+  docs = jnp.asarray(docs_np, jnp.int32)
+
+  def mask_of(docs):
+    same_doc = masks.FunctionMask(lambda bi, h, qi, ki: docs[bi, qi] == docs[bi, ki])
+    return same_doc & masks.CausalMask()
+
+  def run(q, k, v, docs):
+    return attnlab.attention(q, k, v, mask=mask_of(docs), q_offset=off, implementation="pallas",
+                             **TILES)
+
+  def ref(q, k, v, docs):
+    kk, vv = (jnp.repeat(x, H // K, axis=2) for x in (k, v))
+    s = jnp.einsum("bihd,bjhd->bhij", q, kk) / np.sqrt(D)
+    s = jnp.where(dense[:, None], s, -jnp.inf)
+    return jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(s, axis=-1), vv)
+
+  fn3, ref3 = (lambda q, k, v, f=f: f(q, k, v, docs) for f in (run, ref))
+  assert_same(value_and_vjp(fn3, (q, k, v), True), value_and_vjp(ref3, (q, k, v)))
+
+  _, counts = jax.jit(lambda q, k, v, docs: flash_attention(
+      q, k, v, mask=masks.bind_batch(mask_of(docs), b).align_q_offset(off), q_offset=off,
+      debug_counts=True, **TILES))(q, k, v, docs)
+  nq, nk = -(-tq // 16), -(-tk // 16)
+  padded = np.zeros((b, nq * 16, nk * 16), bool)
+  padded[:, :tq, :tk] = dense
+  any_ = padded.reshape(b, nq, 16, nk, 16).any(axis=(2, 4))  # [B, nq, nk] non-empty tiles
+  visits = np.asarray(counts).sum(-1)  # [B, H, nq]: FULL + PARTIAL tiles visited
+  for bi in range(b):
+    chex.assert_trees_all_equal(visits[bi, 0], any_[bi].sum(-1))
+  assert any_.sum() < b * nq * nk  # something was skipped
+
+  reads = _ref_reads(jax.make_jaxpr(fn3)(q, k, v).jaxpr, (b, tk))
+  assert reads and all(s in ((16, 1), (1, 16)) for s in reads), reads  # q / kv ids of a tile

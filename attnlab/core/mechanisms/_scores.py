@@ -274,6 +274,9 @@ def register_memory_efficient(mechanism: str, fn: Any, hyperparameters: tuple[st
                                    supports=supports_chunked)
   registry.register_implementation(mechanism, "pallas", pallas_impl, supports=supports_pallas,
                                    auto_platforms=("gpu", "tpu"))
+  entry = registry.get_mechanism(mechanism)
+  if entry.kernel == "-":  # the catalogue's "fused kernel" column
+    entry.kernel = f"pallas ({normalizer} + score_mod)"
 
 
 def with_weights(out: Array, dense_fn: Any, q: Array, k: Array, v: Array, return_weights: bool,

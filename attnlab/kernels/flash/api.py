@@ -31,6 +31,7 @@ from attnlab.kernels.flash import autotune
 from attnlab.kernels.flash import backward
 from attnlab.kernels.flash import forward
 from attnlab.kernels.flash import masks
+from attnlab.kernels.flash import ref_reads
 from attnlab.kernels.flash import sharding
 from attnlab.kernels.flash import support
 from attnlab.kernels.flash import tables
@@ -125,17 +126,21 @@ _mod_grads.defvjp(_mod_grads_fwd, _mod_grads_bwd, symbolic_zeros=True)
 def _convert_tile_mod(score_mod, bq: int, bk: int):
   """``score_mod`` for one kernel tile (``s [bq, bk]``, scalar batch and head,
   ``q_idx [bq, 1]``, ``kv_idx [1, bk]``) as ``(fn(s, b, h, q_idx, kv_idx, *consts), consts)``
-  with *every* array it closes over hoisted into ``consts`` (a kernel may capture none;
-  ``jax.closure_convert`` hoists only the differentiable ones)."""
+  with every array it closes over hoisted into ``consts`` (``common.hoist_constants``)."""
   s0 = jnp.zeros((bq, bk), jnp.float32)
   idx0 = (jnp.int32(0), jnp.int32(0), jnp.zeros((bq, 1), jnp.int32),
           jnp.zeros((1, bk), jnp.int32))
-  closed = jax.make_jaxpr(lambda s, *idx: common.call_score_mod(score_mod, s, idx))(s0, *idx0)
-  jaxpr, consts = closed.jaxpr, tuple(closed.consts)
+  return common.hoist_constants(lambda s, *idx: common.call_score_mod(score_mod, s, idx),
+                                s0, *idx0)
 
-  def fn(s, b, h, q_idx, kv_idx, *cs):
-    return jax.core.eval_jaxpr(jaxpr, list(cs), s, b, h, q_idx, kv_idx)[0]
-  return fn, consts
+
+def _convert_tile_mask(mask: masks_lib.FunctionMask, bq: int, bk: int):
+  """A ``FunctionMask`` on one kernel tile (scalar batch, ``q_idx [bq, 1]`` absolute,
+  ``kv_idx [1, bk]``) -> bool ``[bq, bk]``, as ``(fn, consts)`` with every array it closes over
+  hoisted (``common.hoist_constants``)."""
+  idx0 = (jnp.int32(0), jnp.zeros((bq, 1), jnp.int32), jnp.zeros((1, bk), jnp.int32))
+  return common.hoist_constants(
+      lambda b, qi, ki: jnp.broadcast_to(mask.evaluate_at(b, qi, ki), (bq, bk)), *idx0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,7 +178,8 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
                     block_k_bwd: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, num_warps_bwd: int | None = None,
                     num_stages_bwd: int | None = None, kernel_backend: str | None = None,
-                    interpret: Any = None, debug_counts: bool = False, score_mod: Any = None):
+                    interpret: Any = None, debug_counts: bool = False, score_mod: Any = None,
+                    tile_states: Any = None):
   """Flash attention with attnlab's contract (see ``attnlab.attention``).
 
   q ``[B, Tq, H, D]``, k ``[B, Tk, K, D]``, v ``[B, Tk, K, Dv]`` -> ``[B, Tq, H, Dv]``.
@@ -190,11 +196,19 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   ``score_mod(score, batch, head, q_idx, kv_idx)`` is traced into the three kernel bodies
   (called per tile with ``score [bq, bk]``, scalar ``batch`` / ``head``, ``q_idx [bq, 1]``,
   ``kv_idx [1, bk]``), after bias and ALiBi; its vjp gives the tiles' d logits in the backward
-  kernels. The arrays it closes over (``jax.closure_convert``) are kernel inputs read whole by
-  every program (never a dense ``[Tq, Tk]`` array unless the closure holds one); their
+  kernels. The arrays it closes over (all hoisted, ``common.hoist_constants``) are kernel
+  inputs left in their refs: indexing them (``table[q_idx - kv_idx, h]``, ``bias[q_idx,
+  kv_idx]``) reads only the tile's elements (``ref_reads``); other uses read them whole. Their
   gradients, when asked for, come from the chunked path's backward (XLA), not the kernels.
-  Plain indexing of captured arrays by the index arrays (gathers) lowers in interpret mode;
-  the Triton and Mosaic compilers accept elementwise code and scalar-indexed reads.
+  The Mosaic TPU driver loads them whole (its refs take no vector indexers); gathers on the
+  loaded values lower in interpret mode, and natively only where Mosaic supports them, so a
+  FunctionMask is refused on native Mosaic. Untested natively: no GPU/TPU was lent.
+
+  ``tile_states(block_q, block_k, n_q_tiles, n_k_tiles)`` -> int ``[B|1, nq, nk]``
+  (EMPTY / PARTIAL / FULL, numpy or traced): data-dependent tile states (e.g. MoBA's selected
+  blocks), called for the forward and for the backward tiles and combined with the mask's
+  states by ``min`` (``tables.restrict``); with ``B`` > 1 every batch element gets its own
+  tables. The kernels visit only the tiles left non-empty.
   """
   if normalizer not in ("softmax", "sigmoid"):
     raise ValueError(f"normalizer must be 'softmax' or 'sigmoid', got {normalizer!r}")
@@ -207,11 +221,18 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   if reason:
     raise ValueError(f"Pallas flash attention does not support this call: {reason}")
   common.check_score_mod(score_mod)
+  if tile_states is not None and return_weights:  # the dense weights know the mask only
+    raise ValueError("Pallas flash attention: return_weights=True cannot be combined with "
+                     "tile_states (the weights would ignore the removed tiles)")
   if score_mod is not None and (debug_counts or sharding.is_explicitly_sharded(
       (q, k, v, bias, alibi_slopes, q_offset))):
     raise ValueError("Pallas flash attention: score_mod is not supported with debug_counts or "
                      "explicitly sharded inputs (use jax.shard_map, or implementation="
                      "'chunked')")
+  if tile_states is not None and sharding.is_explicitly_sharded((q, k, v, bias, alibi_slopes,
+                                                                 q_offset)):
+    raise ValueError("Pallas flash attention: tile_states is not supported with explicitly "
+                     "sharded inputs (use jax.shard_map)")
   if not debug_counts and sharding.is_explicitly_sharded((q, k, v, bias, alibi_slopes,
                                                           q_offset)):
     kernel = functools.partial(
@@ -275,6 +296,9 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
   # Tile tables: forward (rows = q blocks), dq (q blocks) and dk/dv (rows = k blocks).
   st_fwd = tables.tile_states(mask, tq, tk, bq, bk, q_pad // bq, kv_pad // bk)
   st_bwd = tables.tile_states(mask, tq, tk, bqb, bkb, q_pad // bqb, kv_pad // bkb)
+  if tile_states is not None:
+    st_fwd = tables.restrict(st_fwd, tile_states, b, bq, bk)
+    st_bwd = tables.restrict(st_bwd, tile_states, b, bqb, bkb)
   fwd_tables, fwd_steps, fwd_batched, fwd_pf, fwd_contig = tables.table_layout(st_fwd)
   dq_tables, dq_steps, bwd_batched, dq_pf, dq_contig = tables.table_layout(st_bwd)
   dkv_tables, dkv_steps, _, dkv_pf, dkv_contig = tables.table_layout(
@@ -304,11 +328,24 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
     if [jnp.shape(m) for m in kmods] != [jnp.shape(m) for m in kmods_b]:
       raise ValueError("score_mod captured different arrays on different tile shapes; "
                        "use implementation='chunked'")
-    mod_fns = (fn_f, fn_b)
+    # The kernels index the captured arrays in their refs (ref_reads), never load them whole.
+    mod_fns = (ref_reads.split(fn_f.jaxpr, len(kmods)),
+               ref_reads.split(fn_b.jaxpr, len(kmods_b)))
     mod_static = (fn_c, bq_c, bk_c, float(scale), None if softcap is None else float(softcap),
                   normalizer, sigmoid_bias)
   else:
     kmods = ()
+  # FunctionMasks: traced at the forward and backward tile shapes; their captured arrays
+  # follow the score_mod's as "mod<n>" inputs, read by index in the kernels (ref_reads).
+  mask_fns = []
+  for fm in (compiled.functions if compiled is not None else ()):
+    (jf, cf), (jb, cb) = _convert_tile_mask(fm, bq, bk), _convert_tile_mask(fm, bqb, bkb)
+    if [jnp.shape(c) for c in cf] != [jnp.shape(c) for c in cb]:
+      raise ValueError("FunctionMask captured different arrays on different tile shapes; "
+                       "use implementation='chunked'")
+    mask_fns.append((ref_reads.closed(jf.jaxpr), ref_reads.closed(jb.jaxpr), len(kmods),
+                     len(cf), (fm.batch_size_ or 1) > 1))
+    kmods = tuple(kmods) + tuple(cf)
   mods_in = tuple(jnp.reshape(m, (1,)) if jnp.ndim(m) == 0 else jnp.asarray(m) for m in kmods)
 
   is_16bit = q.dtype in (jnp.bfloat16, jnp.float16)
@@ -334,11 +371,11 @@ def flash_attention(q: Array, k: Array, v: Array, *, mask: masks_lib.Mask | None
       precision=None if is_16bit else jax.lax.Precision.HIGHEST,
       debug_counts=bool(debug_counts), visited_fraction=frac,
       score_mod_fwd=mod_fns[0], score_mod_bwd=mod_fns[1],
-      mod_shapes=tuple(tuple(jnp.shape(m)) for m in kmods))
+      mod_shapes=tuple(tuple(jnp.shape(m)) for m in kmods), mask_functions=tuple(mask_fns))
 
   if debug_counts:
     out, _, counts = forward.run(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs,
-                                 fwd_tables)
+                                 fwd_tables, mods_in)
   else:
     out = _flash(cfg, qp, kp, vp, bias, slopes, scalars, qvecs, kvecs, fwd_tables, dq_tables,
                  dkv_tables, vis_dq, jax.lax.stop_gradient(mods_in))

@@ -79,6 +79,9 @@ class Config:
   score_mod_fwd: Any = None
   score_mod_bwd: Any = None
   mod_shapes: tuple = ()
+  # FunctionMasks of the mask program ("function" ops): per mask (fwd jaxpr, bwd jaxpr, first
+  # "mod<n>" operand of its captured arrays, their count, whether it reads the batch index).
+  mask_functions: tuple = ()
 
   @property
   def groups(self) -> int:

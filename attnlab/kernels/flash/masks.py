@@ -11,7 +11,9 @@ data-dependent masks gathers per position (``jnp.take``): that does not lower in
   receives as small extra inputs (scalars as a ``[B, S]`` table, vectors blocked like q / k).
 
 Supported: ``LocalMask`` (causal, sliding window), ``FullMask``, ``PrefixLMMask``,
-``SegmentMask``, ``ValidLengthMask`` and any ``And`` / ``Or`` of them. A user ``Mask`` subclass
+``SegmentMask``, ``ValidLengthMask``, ``FunctionMask`` (its function traced at the tile shape
+by the wrapper, its captured arrays read by index from their refs, ``ref_reads``) and any
+``And`` / ``Or`` of them. A user ``Mask`` subclass
 without array leaves is evaluated by calling its own ``allowed`` on the tile's positions (so it
 must be elementwise ``jnp`` code). ``ArrayMask`` and unknown masks with array leaves are refused
 (``UnsupportedMask``); ``implementation="auto"`` then falls back to the chunked path.
@@ -42,12 +44,13 @@ class CompiledMask:
   scalars: list   # int32 arrays, each [B|1]
   q_vecs: list    # int32 arrays [B, Tq]
   k_vecs: list    # int32 arrays [B, Tk]
+  functions: list = dataclasses.field(default_factory=list)  # FunctionMasks ("function" ops)
 
 
 class _Builder:
 
   def __init__(self):
-    self.scalars, self.q_vecs, self.k_vecs = [], [], []
+    self.scalars, self.q_vecs, self.k_vecs, self.functions = [], [], [], []
 
   def scalar(self, x) -> int:
     x = jnp.asarray(x, jnp.int32)
@@ -77,6 +80,9 @@ class _Builder:
       return ("lengths", kv, ql)
     if isinstance(m, masks_lib.SegmentMask):
       return ("segment", self.q_vec(m.q_segment_ids), self.k_vec(m.kv_segment_ids))
+    if isinstance(m, masks_lib.FunctionMask):
+      self.functions.append(m)
+      return ("function", len(self.functions) - 1, self.scalar(m.q_offset))
     if isinstance(m, masks_lib.And):
       return ("and", self.build(m.a), self.build(m.b))
     if isinstance(m, masks_lib.Or):
@@ -96,7 +102,7 @@ def compile_mask(mask: masks_lib.Mask | None) -> CompiledMask | None:
     return None
   b = _Builder()
   program = b.build(mask)
-  return CompiledMask(program, b.scalars, b.q_vecs, b.k_vecs)
+  return CompiledMask(program, b.scalars, b.q_vecs, b.k_vecs, b.functions)
 
 
 def check_supported(mask: masks_lib.Mask | None) -> str | None:
@@ -108,7 +114,8 @@ def check_supported(mask: masks_lib.Mask | None) -> str | None:
     if isinstance(m, (masks_lib.And, masks_lib.Or)):
       return walk(m.a) or walk(m.b)
     if isinstance(m, (masks_lib.FullMask, masks_lib.LocalMask, masks_lib.PrefixLMMask,
-                      masks_lib.ValidLengthMask, masks_lib.SegmentMask)):
+                      masks_lib.ValidLengthMask, masks_lib.SegmentMask,
+                      masks_lib.FunctionMask)):
       return None
     if isinstance(m, masks_lib.ArrayMask):
       return "dense ArrayMask is not supported by the Pallas kernel"
@@ -139,7 +146,8 @@ class TileContext:
 
   ``q_pos`` is ``[bq, 1]`` and ``k_pos`` ``[1, bk]`` int32 (absolute positions before
   ``q_offset``); ``scalar(i)`` returns an int32 scalar, ``q_vec(i)`` a ``[bq, 1]`` and
-  ``k_vec(i)`` a ``[1, bk]`` int32 tile.
+  ``k_vec(i)`` a ``[1, bk]`` int32 tile; ``function(n, q_pos, k_pos, q_offset)`` the boolean
+  tile of the n-th ``FunctionMask``.
   """
 
   q_pos: Any
@@ -147,6 +155,7 @@ class TileContext:
   scalar: Callable[[int], Any]
   q_vec: Callable[[int], Any]
   k_vec: Callable[[int], Any]
+  function: Callable[[int, Any, Any], Any] | None = None
 
 
 def evaluate(program: tuple, ctx: TileContext):
@@ -179,6 +188,9 @@ def evaluate(program: tuple, ctx: TileContext):
   if op == "segment":
     _, qi, ki = program
     return ctx.q_vec(qi) == ctx.k_vec(ki)
+  if op == "function":
+    _, n, off = program
+    return ctx.function(n, qp, kp, ctx.scalar(off))
   if op == "and":
     return evaluate(program[1], ctx) & evaluate(program[2], ctx)
   if op == "or":

@@ -111,6 +111,8 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
   if sharding.is_explicitly_sharded(arrays):
     if call.get("score_mod") is not None:
       return "score_mod with explicitly sharded inputs (use jax.shard_map)"
+    if "function" in masks.mask_kind(call.get("mask")):  # batch indices would be local
+      return "FunctionMask with explicitly sharded inputs (use jax.shard_map)"
     reason = sharding.unsupported_reason(call.get("mask"))
     if reason:
       return reason
@@ -127,6 +129,9 @@ def unsupported_reason(*, normalizer: str = "softmax", **call: Any) -> str | Non
       return "the triton driver does not run on TPU"
     if eff == "mosaic" and platform == "gpu":
       return "the mosaic driver does not run on GPU"
+    if eff == "mosaic" and "function" in masks.mask_kind(call.get("mask")):
+      return ("FunctionMask on the native Mosaic TPU driver (its function's gathers are not "
+              "known to lower there; use implementation='chunked')")
   for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd"):
     val = call.get(name)
     if val is not None and (not isinstance(val, (int, np.integer)) or not _pow2(int(val))

@@ -7,7 +7,8 @@ states into a per-row list of non-empty tile indices, FULL ones first (no elemen
 and PARTIAL ones after (or the reverse), and ``table_layout`` picks the order that makes every
 row a contiguous run when it can (the triton driver then computes tile indices instead of
 loading them). Tables are numpy (trace-time) when the mask is static, and traced, one per
-batch element, when it is data dependent (segment ids, lengths).
+batch element, when it is data dependent (segment ids, lengths) or when the caller restricts
+the states with data-dependent ``tile_states`` (``restrict``: MoBA's selected blocks).
 
 The forward and dq kernels use tables over q-block rows; the dk/dv kernel uses the table of
 the transposed states (rows = k blocks).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from attnlab.core import chunked
 from attnlab.core import masks as masks_lib
 from attnlab.kernels.flash import masks
 
@@ -36,6 +38,13 @@ def tile_states(mask, tq: int, tk: int, bq: int, bk: int, nq: int, nk: int):
     states = xp.pad(states, ((0, 0), (0, nq - rq), (0, nk - rk)),
                     constant_values=masks_lib.EMPTY)
   return states
+
+
+def restrict(states, tile_states, batch: int, bq: int, bk: int):
+  """``states [B|1, nq, nk]`` combined (``min``) with the caller's data-dependent
+  ``tile_states(bq, bk, nq, nk) -> [B|1, nq, nk]`` (see ``flash_attention``)."""
+  nq, nk = states.shape[1:]
+  return chunked.combine_tile_states(states, tile_states(bq, bk, nq, nk), batch, nq, nk)
 
 
 def build_table(states, partial_first: bool = False):

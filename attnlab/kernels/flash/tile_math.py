@@ -12,12 +12,12 @@ logits for the backward kernels. The float32-accumulating dots and the (optional
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from attnlab.kernels.flash import operands
 from attnlab.kernels.flash import masks
+from attnlab.kernels.flash import ref_reads
 from attnlab.kernels.flash.config import F32, LOG2E, Config, Coords
 
 
@@ -68,26 +68,40 @@ class Tile:
   def scalar(self, s):
     return self.refs["scalars"][self.c.b, s]
 
+  def mod_ref(self, n: int):
+    """The n-th captured array ("mod<n>" operand), left in its ref (read by index) on the
+    Triton driver; loaded whole on Mosaic TPU, whose refs take no vector indexers."""
+    ref = self.refs[f"mod{n}"]
+    arr = ref_reads.RefArray(ref, self.cfg.mod_shapes[n], ref.dtype)
+    return arr if self.cfg.backend == "triton" else arr.whole()
+
+  def mask_function(self, n: int, q_pos, k_pos, q_offset):
+    """Boolean tile of the n-th FunctionMask (positions past the ends clamped; ignored)."""
+    fwd, bwd, start, count, batched = self.cfg.mask_functions[n]
+    refs = [self.mod_ref(i) for i in range(start, start + count)]
+    b = jnp.asarray(self.c.b if batched else 0, jnp.int32)
+    q_idx = jnp.minimum(q_pos, self.cfg.q_len - 1) + q_offset
+    k_idx = jnp.minimum(k_pos, self.cfg.kv_len - 1)
+    jaxpr = fwd if self.kind == "fwd" else bwd
+    return ref_reads.evaluate(jaxpr, [*refs, b, q_idx, k_idx])[0]
+
   def score_mod(self):
-    """The closure-converted score_mod for this kernel's tiles (None without one)."""
+    """This kernel's score_mod, split for in-place table reads (``ref_reads.SplitMod``;
+    None without one)."""
     return self.cfg.score_mod_fwd if self.kind == "fwd" else self.cfg.score_mod_bwd
 
   def apply_mod(self, s, q_pos, k_pos, with_vjp: bool):
-    """``score_mod`` on the natural-unit logits ``s [bq, bk]``: (modified, vjp fn | None)."""
-    fn = self.score_mod()
-    mods = [self.refs[f"mod{n}"][...].reshape(shape)
-            for n, shape in enumerate(self.cfg.mod_shapes)]
+    """``score_mod`` on the natural-unit logits ``s [bq, bk]``: (modified, vjp fn | None).
+    Its captured arrays stay in their refs; only the elements the tile indexes are read."""
+    mod = self.score_mod()
+    refs = [self.mod_ref(n) for n in range(mod.n_consts)]
     b = jnp.asarray(self.c.b, jnp.int32)
     h = jnp.asarray(self.head, jnp.int32)
     # Padding past the ends is clamped to the last real position (as in core/chunked.py): a
     # score_mod reading tables by position never reads out of range.
     q_idx = jnp.minimum(q_pos, self.cfg.q_len - 1) + self.scalar(0)
     k_idx = jnp.minimum(k_pos, self.cfg.kv_len - 1)
-    f = lambda x: fn(x, b, h, q_idx, k_idx, *mods)
-    if not with_vjp:
-      return f(s), None
-    out, vjp = jax.vjp(f, s)
-    return out, lambda ds: vjp(ds)[0]
+    return ref_reads.apply(mod, refs, s, b, h, q_idx, k_idx, with_vjp)
 
   def scores(self, q, k, i, j, *, masked: bool, g=None, with_vjp: bool = False):
     """Logits of tile (i, j) in the normaliser's domain (base 2 for softmax), masked to -inf
@@ -127,7 +141,8 @@ class Tile:
         ctx = masks.TileContext(
             q_pos=q_pos, k_pos=k_pos, scalar=lambda n: self.scalar(1 + n),
             q_vec=lambda n: self.load(f"qv{n}", i=i, j=j, g=g),
-            k_vec=lambda n: self.load(f"kv{n}", i=i, j=j, g=g))
+            k_vec=lambda n: self.load(f"kv{n}", i=i, j=j, g=g),
+            function=self.mask_function)
         ok = masks.evaluate(cfg.mask_program, ctx)
       if cfg.ragged_k:
         in_range = k_pos < cfg.kv_len
