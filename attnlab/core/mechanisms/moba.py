@@ -334,7 +334,7 @@ def _tile_path(q, k, v, implementation: str, *, mask, scale, softcap, q_offset, 
                                                      head_mask)
   b, tq, h, _ = q.shape
   tk = k.shape[1]
-  if mask is not None and h > 1 and _has_function_mask(mask):
+  if mask is not None and h > 1 and b > 1 and _has_function_mask(mask):  # batch index
     raise ValueError(f"moba routing='block' on {implementation!r}: {_FUNCTION_MASK}")
   selected = moba_block_route(q, k, mask, block_size, top_k, q_offset)
   states = block_tile_states(selected, tq, tk, block_size)
@@ -410,7 +410,8 @@ def _tile_refusal(call: dict[str, Any]) -> str | None:
             f"({bs})")
   mask = call.get("mask")
   q = call.get("q")
-  if mask is not None and _has_function_mask(mask) and q is not None and q.shape[2] > 1:
+  if (mask is not None and _has_function_mask(mask) and q is not None and q.shape[2] > 1
+      and q.shape[0] > 1):
     return _FUNCTION_MASK
   from attnlab.core import chunked  # pylint: disable=g-import-not-at-top
   return chunked.forward_mode_reason({n: call.get(n) for n in ("q", "k", "v", "q_offset")})

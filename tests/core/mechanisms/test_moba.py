@@ -184,9 +184,10 @@ def test_bad_arguments():
 # routing="block": the selection as per-(batch, head) tile tables (chunked and pallas).
 
 
-def naive_block_select(q, k, block, top_k, causal, kv_len=None, off=0):
+def naive_block_select(q, k, block, top_k, causal, kv_len=None, off=0, visible=None):
   """bool [B, H, NG, NB]: key blocks chosen per query block by its first query (loops);
-  query ``i`` sits at position ``off + i`` (``off`` a multiple of ``block``)."""
+  query ``i`` sits at position ``off + i`` (``off`` a multiple of ``block``); ``visible``
+  [Tq, Tk]: a further mask (a block no query of the group sees is no candidate)."""
   q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
   b, tq, h, _ = q.shape
   tk, kh = k.shape[1], k.shape[2]
@@ -201,8 +202,8 @@ def naive_block_select(q, k, block, top_k, causal, kv_len=None, off=0):
         scores = {}
         for j in range(nb):
           keys = range(j * block, min((j + 1) * block, tk))
-          seen = any(t < kv_len[bi] and (not causal or t <= off + i) for i in rows
-                     for t in keys)
+          seen = any(t < kv_len[bi] and (not causal or t <= off + i)
+                     and (visible is None or visible[i, t]) for i in rows for t in keys)
           if seen:
             mean = kk[list(keys)].mean(0)
             own = min(off // block + g, nb - 1)
@@ -247,6 +248,21 @@ def test_block_routing_lengths_bidirectional_vs_naive(impl):
   mask = masks.ValidLengthMask(jnp.asarray(lengths))
   got = fast_jit(lambda q, k, v: run(impl, q, k, v, mask=mask, block_size=16, top_k=2,
                                      routing="block"), q, k, v)(q, k, v)
+  assert_close(got, naive_attention(q, k, v, allowed))
+
+
+def test_block_routing_with_a_function_mask_single_example():
+  """A FunctionMask (document ids) with several heads and batch 1 on the tile path (heads
+  folded into the batch leave its batch index at 0): equal to the naive routed attention
+  restricted to the same documents."""
+  q, k, v = qkv(80, b=1, t=48, d=8)
+  docs = np.arange(48) // 20
+  same_doc = docs[:, None] == docs[None, :]
+  mask = masks.FunctionMask(lambda b, h, qi, ki: jnp.asarray(docs)[qi] == jnp.asarray(docs)[ki])
+  sel = naive_block_select(q, k, 16, 2, causal=True, visible=same_doc)
+  allowed = naive_block_allowed(sel, 48, 48, 16, causal=True) & same_doc
+  got = fast_jit(lambda q, k, v: run("chunked", q, k, v, mask=mask & masks.CausalMask(),
+                                     block_size=16, top_k=2, routing="block"), q, k, v)(q, k, v)
   assert_close(got, naive_attention(q, k, v, allowed))
 
 
