@@ -2,8 +2,8 @@
 
 * Every catalogue entry trains a few MQAR steps from its config overrides: for each registered
   mechanism, ``configs/mechanisms.py:<name>,local`` (the tiny MQAR config plus the entry's
-  overrides) trains 3 steps through the real trainer; the losses must be finite and the
-  parameters must move.
+  overrides) trains 2 steps through the real trainer; the losses must be finite and the
+  gradient norms positive.
 * Every entry is documented (a paper with an arXiv id) and the README table is the output of
   ``python -m attnlab.catalogue --markdown``.
 * The token-mixer and pooling entries' overrides load and build a model that runs (shapes
@@ -48,19 +48,19 @@ def _all_names():
 def test_mechanism_trains_mqar(name, tmp_path):
   from attnlab.train import trainer
   config = _load_configs().get_config(f"{name},local")
-  config.total_steps = 3
+  # Two training steps and no eval: compiling the train step is most of the cost (~60 entries
+  # on 2 CPU cores), and the eval step adds a second compile of the same forward pass.
+  config.total_steps = 2
   config.schedule.warmup_steps = 1  # the local config warms up for 5 steps
   config.log_every = 1
-  config.eval_every = 3
-  config.eval_steps = 1
-  config.checkpoint_every = 3
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
   trainer.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   losses = [r["train/loss"] for r in records if "train/loss" in r]
-  assert len(losses) == 3, records
+  assert len(losses) == 2, records
   assert np.all(np.isfinite(losses)), losses
-  assert any("eval/loss" in r and np.isfinite(r["eval/loss"]) for r in records)
   # The update did something: the grad norm is positive and finite.
   norms = [r["train/grad_norm"] for r in records if "train/grad_norm" in r]
   assert norms and all(np.isfinite(n) and n > 0 for n in norms), norms
