@@ -1,10 +1,12 @@
-"""attnlab.data: synthetic tasks, byte-level text and TFDS as grain datasets.
+"""attnlab.data: synthetic tasks (1D sequences and 2D grids), byte-level text and TFDS as grain
+datasets.
 
 The trainer only needs `make_dataset`, `vocab_size`, `default_data_config` and
 `iterator_checkpoint_args` (see `attnlab.data.pipeline`). Importing this package
 imports neither TensorFlow nor tensorflow_datasets.
 """
 
+from attnlab.data.grid_tasks import GridQuadrantSource, grid_quadrant_dataset
 from attnlab.data.pipeline import (
     DATASET_NAMES,
     data_iterator,
@@ -47,6 +49,7 @@ __all__ = [
     "ByteWindowSource",
     "CopyingSource",
     "DATASET_NAMES",
+    "GridQuadrantSource",
     "MQARClassificationSource",
     "MQARSource",
     "PAD_ID",
@@ -59,6 +62,7 @@ __all__ = [
     "corpus_split_files",
     "data_iterator",
     "default_data_config",
+    "grid_quadrant_dataset",
     "iterator_checkpoint_args",
     "load_byte_corpus",
     "make_dataset",

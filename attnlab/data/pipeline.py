@@ -7,7 +7,7 @@ raise a ValueError (typos are not silently ignored).
 
 Keys (every task):
   name                       "mqar" | "copying" | "selective_copying" | "bytes" | "tfds"
-                             | "mqar_classification"
+                             | "mqar_classification" | "grid_quadrant"
   seq_len                    int, length of inputs/targets/weights
   read_num_threads           int, grain reader threads (0 = read in the caller's thread)
   read_prefetch_buffer_size  int, batches prefetched by those threads
@@ -33,6 +33,15 @@ synthetic.py):
   copy_len                   int, tokens to copy; 0 = seq_len // 2
 "selective_copying" also:
   num_tokens_to_copy         int, content tokens scattered in the context
+
+"grid_quadrant" (2D classification for the grid mechanisms, see grid_tasks.py; examples are
+{"inputs", "weights", "label"}, 4 classes, vocab_size = 2 + num_levels + num_colors; also
+num_train_examples, num_validation_examples, data_seed as above):
+  seq_len                    int, must equal grid_height * grid_width
+  grid_height, grid_width    int, even grid sides (model grid_shape = (grid_height, grid_width))
+  num_levels                 int, background intensity levels
+  num_colors                 int, mark colours (>= 2)
+  num_distractors            int, marks whose colour differs from the corner cue's
 
 "bytes" (byte-level LM on local text, vocab 256; see text.py):
   files                      tuple of file paths; () = use `dir`
@@ -85,13 +94,14 @@ import grain
 import ml_collections
 import numpy as np
 
+from attnlab.data import grid_tasks
 from attnlab.data import synthetic
 from attnlab.data import text
 from attnlab.data import tfds_source
 from attnlab.data._checks import check_int
 
 DATASET_NAMES = ("mqar", "copying", "selective_copying", "bytes", "tfds",
-                 "mqar_classification")
+                 "mqar_classification", "grid_quadrant")
 SYNTHETIC_NAMES = ("mqar", "copying", "selective_copying", "mqar_classification")
 SPLITS = ("train", "validation")
 
@@ -105,6 +115,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "mqar_classification": dict(seq_len=256, vocab_size=8192, **_SYNTHETIC, num_kv_pairs=16,
                                 num_queries=0, query_distribution="power_law", power_a=0.01,
                                 random_non_queries=True),
+    "grid_quadrant": dict(seq_len=256, grid_height=16, grid_width=16, num_levels=4,
+                          num_colors=8, num_distractors=8, **_SYNTHETIC),
     "copying": dict(seq_len=128, vocab_size=32, **_SYNTHETIC, copy_len=0),
     "selective_copying": dict(seq_len=256, vocab_size=16, **_SYNTHETIC,
                               num_tokens_to_copy=16),
@@ -157,18 +169,22 @@ def vocab_size(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> int:
   cfg = resolve_config(cfg)
   if cfg.name in SYNTHETIC_NAMES:
     return int(cfg.vocab_size)
+  if cfg.name == "grid_quadrant":
+    return grid_tasks.FIRST_LEVEL + int(cfg.num_levels) + int(cfg.num_colors)
   return text.BYTE_VOCAB_SIZE
 
 
 def num_classes(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> int:
   """Number of classes of a classification task: "mqar_classification" (``vocab_size -
-  vocab_size // 2``) or "tfds" classification (cfg or TFDS info)."""
+  vocab_size // 2``), "grid_quadrant" (4) or "tfds" classification (cfg or TFDS info)."""
   cfg = resolve_config(cfg)
   if cfg.name == "mqar_classification":
     return int(cfg.vocab_size) - int(cfg.vocab_size) // 2
+  if cfg.name == "grid_quadrant":
+    return grid_tasks.NUM_QUADRANTS
   if cfg.name != "tfds" or cfg.tfds_format != "classification":
     raise ValueError(
-        "num_classes needs name='mqar_classification', or name='tfds' and "
+        "num_classes needs name='mqar_classification' or 'grid_quadrant', or name='tfds' and "
         "tfds_format='classification', got "
         f"name={cfg.name!r}" + (f", tfds_format={cfg.tfds_format!r}."
                                 if cfg.name == "tfds" else "."))
@@ -205,6 +221,19 @@ def source_dataset(cfg: ml_collections.ConfigDict | Mapping[str, Any],
       return synthetic.copying_dataset(**common, copy_len=cfg.copy_len)
     return synthetic.selective_copying_dataset(
         **common, num_tokens_to_copy=cfg.num_tokens_to_copy)
+  if cfg.name == "grid_quadrant":
+    source = grid_tasks.GridQuadrantSource(
+        grid_height=cfg.grid_height, grid_width=cfg.grid_width, num_levels=cfg.num_levels,
+        num_colors=cfg.num_colors, num_distractors=cfg.num_distractors,
+        num_examples=(cfg.num_train_examples if split == "train"
+                      else cfg.num_validation_examples),
+        seed=cfg.data_seed, split=split)
+    if cfg.seq_len != source.seq_len:
+      raise ValueError(
+          f"seq_len must equal grid_height * grid_width = {cfg.grid_height} * "
+          f"{cfg.grid_width} = {source.seq_len} for name='grid_quadrant', got "
+          f"seq_len={cfg.seq_len}.")
+    return grain.MapDataset.source(source)
   if cfg.name == "bytes":
     return text.byte_lm_dataset(
         split, seq_len=cfg.seq_len, files=tuple(cfg.files) or None,
