@@ -17,6 +17,12 @@ ties, norm weights 1 + N(0, 0.1^2), biases N(0, 0.1^2)), and saved with ``save_p
 
 gpt2/ also gets a small word-level ``tokenizer.json`` (made with ``tokenizers``) for the
 ``load_tokenizer`` test. Total size well under 2 MB.
+
+RoPE scaling: ``llama_rope_llama3/`` and ``qwen2_rope_yarn/`` are two more such models with a
+scaled RoPE (``rope_parameters``), and ``rope_scaling.npz`` holds, for several scaling dicts
+(``<case>/config`` as JSON), transformers' ``LlamaRotaryEmbedding`` ``inv_freq``,
+``attention_scaling`` and ``cos`` / ``sin`` at positions 0..63 (head_dim 16, theta 10000).
+``python scripts/make_hf_fixtures.py rope`` remakes only the table.
 """
 
 from __future__ import annotations
@@ -53,7 +59,51 @@ def configs() -> dict[str, transformers.PretrainedConfig]:
       "qwen2": transformers.Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True,
                                         rope_theta=1000.0, use_sliding_window=False,
                                         **llama_like),
+      # llama3 RoPE scaling: head_dim 8 and theta 500 put one frequency in each llama3 band
+      # (wavelength < 32/4 kept, 32/4..32 blended, > 32 divided by the factor)
+      "llama_rope_llama3": transformers.LlamaConfig(
+          num_key_value_heads=2, tie_word_embeddings=False,
+          rope_parameters=dict(ROPE_CASES["llama3"], rope_theta=500.0), **llama_like),
+      # yarn: ramp between the beta rotation counts, cos/sin scaled by 0.1 ln(4) + 1
+      "qwen2_rope_yarn": transformers.Qwen2Config(
+          num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False,
+          rope_parameters=dict(ROPE_CASES["yarn"], rope_theta=1000.0), **llama_like),
   }
+
+
+# RoPE scaling dicts of the rope_scaling.npz table (head_dim 16, theta 10000, 64 positions).
+ROPE_CASES = {
+    "linear": dict(rope_type="linear", factor=4.0),
+    "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=32),
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
+    "yarn_mscale": dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=16,
+                        mscale=1.0, mscale_all_dim=0.5, beta_fast=16.0, beta_slow=2.0,
+                        truncate=False),
+    "yarn_attention_factor": dict(rope_type="yarn", factor=2.0, attention_factor=1.3,
+                                  original_max_position_embeddings=32),
+}
+
+
+def make_rope_table() -> None:
+  import json  # pylint: disable=g-import-not-at-top
+  from transformers.models.llama import modeling_llama  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  pos = torch.arange(64)[None]
+  for name, case in ROPE_CASES.items():
+    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4,
+                                   max_position_embeddings=64,
+                                   rope_parameters=dict(case, rope_theta=10000.0))
+    rope = modeling_llama.LlamaRotaryEmbedding(cfg)
+    x = torch.zeros(1, 64, 16)
+    cos, sin = rope(x, pos)
+    arrays[f"{name}/config"] = np.array(json.dumps(case))
+    arrays[f"{name}/inv_freq"] = rope.inv_freq.numpy().astype(np.float32)
+    arrays[f"{name}/attention_scaling"] = np.float32(rope.attention_scaling)
+    arrays[f"{name}/cos"] = cos[0].numpy().astype(np.float32)
+    arrays[f"{name}/sin"] = sin[0].numpy().astype(np.float32)
+  np.savez_compressed(os.path.join(OUT, "rope_scaling.npz"), **arrays)
+  print(f"rope_scaling.npz: {list(ROPE_CASES)}, transformers {transformers.__version__}")
 
 
 def redraw(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -116,11 +166,14 @@ def make_tokenizer(out: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-  wanted = argv[1:] or list(configs())
+  wanted = argv[1:] or [*configs(), "rope"]
   for model_type, cfg in configs().items():
     if model_type in wanted:
       make(model_type, cfg)
-  make_tokenizer(os.path.join(OUT, "gpt2"))
+  if "rope" in wanted:
+    make_rope_table()
+  if "gpt2" in wanted:
+    make_tokenizer(os.path.join(OUT, "gpt2"))
 
 
 if __name__ == "__main__":

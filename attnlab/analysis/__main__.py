@@ -49,11 +49,16 @@ def _parser() -> argparse.ArgumentParser:
                       "workdir's data (in-distribution induction inputs)")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--seq-len", type=int, default=32, help="repeated inputs: total length")
+  p.add_argument("--token-range", default="",
+                 help="repeated random inputs: LOW,HIGH draws tokens in [LOW, HIGH) (e.g. "
+                      "32,127 for printable ASCII bytes); default [3, vocab)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--layer", type=int, default=0, help="pattern: the layer shown")
   p.add_argument("--example", type=int, default=0, help="pattern: the batch row shown")
   p.add_argument("--mode", default="zero", help="ablation: zero | mean | uniform")
   p.add_argument("--top-k", type=int, default=3, help="headhunter / influence heads")
+  p.add_argument("--random-draws", type=int, default=20,
+                 help="retrieval: random head sets per k for the random-ablation baseline")
   p.add_argument("--sequence", default="",
                  help="induction: comma-separated token ids of an ordinal sequence for the "
                       "successor score")
@@ -95,15 +100,31 @@ def _inputs(model: Any, info: dict[str, Any], args: argparse.Namespace
     tokens = np.concatenate([np.zeros((args.batch, 1), rows.dtype), rows, rows], 1)
     tokens = tokens.astype(np.int32)
   else:
-    vocab = model.vocab_size
-    tokens = induction.repeated_tokens(vocab, args.batch, half, seed=args.seed,
-                                       low=min(3, vocab - 1))
+    low, high = _token_range(args.token_range, model.vocab_size)
+    tokens = induction.repeated_tokens(high, args.batch, half, seed=args.seed, low=low)
   mask = np.zeros(tokens.shape, bool)
   mask[:, half + 1:2 * half] = True
   targets = np.concatenate([tokens[:, 1:], np.full((len(tokens), 1), -1, np.int32)], axis=1)
-  what = "validation windows w" if args.inputs == "repeated-data" else "random sequences"
+  what = "validation windows w"
+  if args.inputs != "repeated-data":
+    what = "random sequences (tokens in [%d, %d))" % _token_range(args.token_range,
+                                                                  model.vocab_size)
   return tokens, targets, mask, (f"repeated {what} [BOS, r_1..r_{half}, r_1..r_{half}] "
                                  "(second copy counts)")
+
+
+def _token_range(spec: str, vocab: int) -> tuple[int, int]:
+  """``--token-range LOW,HIGH`` -> ``(low, high)`` within ``[0, vocab]``; default [3, vocab)."""
+  if not spec:
+    return min(3, vocab - 1), vocab
+  try:
+    low, high = (int(x) for x in spec.split(","))
+  except ValueError:
+    raise ValueError(f"--token-range must be LOW,HIGH (integers), got {spec!r}") from None
+  if not 0 <= low < high - 1 < vocab:
+    raise ValueError(f"--token-range needs 0 <= LOW < HIGH - 1 and HIGH <= vocab_size "
+                     f"({vocab}), got {spec!r}")
+  return low, high
 
 
 def _accuracy(logits: Any, targets: np.ndarray, mask: np.ndarray) -> float:
@@ -144,8 +165,9 @@ def run_method(method: str, model: Any, tokens: np.ndarray, targets: np.ndarray,
     half = (tokens.shape[1] - 1) // 2
     rep = tokens if args.inputs != "auto" or tokens.shape[1] == 1 + 2 * half and (
         tokens[:, 1:1 + half] == tokens[:, 1 + half:]).all() else methods.repeated_tokens(
-            model.vocab_size, args.batch, max(2, (args.seq_len - 1) // 2), seed=args.seed,
-            low=min(3, model.vocab_size - 1))
+            _token_range(args.token_range, model.vocab_size)[1], args.batch,
+            max(2, (args.seq_len - 1) // 2), seed=args.seed,
+            low=_token_range(args.token_range, model.vocab_size)[0])
     s = methods.induction_scores(model, rep)
     out = {"induction_scores": s.tolist(), "top_heads": _top(s, args.top_k)}
     if args.sequence:
@@ -170,6 +192,8 @@ def run_method(method: str, model: Any, tokens: np.ndarray, targets: np.ndarray,
         accs.append(_accuracy(logits, targets, mask))
       out[f"accuracy_without_{name}_head"] = accs[0]
       out[f"accuracy_without_{name}_k_heads"] = accs
+    out.update(_retrieval_baselines(model, tokens, targets, mask, s, args.seed,
+                                    draws=args.random_draws))
     plots.head_scores(s, png, title="retrieval (copy-paste) score")
     return out
   if method == "sinks":
@@ -234,6 +258,41 @@ def run_method(method: str, model: Any, tokens: np.ndarray, targets: np.ndarray,
                     ylabel="accuracy", title="probe: last token < vocab/2")
     return {k: v.tolist() for k, v in res.items()}
   raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+
+
+def _retrieval_baselines(model: Any, tokens: np.ndarray, targets: np.ndarray,
+                         mask: np.ndarray, scores: np.ndarray, seed: int,
+                         draws: int = 20) -> dict[str, Any]:
+  """What the ranking is compared with: recall accuracy with each head alone zero-ablated
+  (``[L, H]``), with ``k`` random heads ablated (mean over ``draws`` draws, k = 1..8; the
+  paper's control), and per layer the accuracy without its top / bottom ranked head."""
+  from attnlab import analysis  # pylint: disable=g-import-not-at-top
+  from attnlab.analysis import methods  # pylint: disable=g-import-not-at-top
+  n, h = scores.shape
+
+  def acc_without(heads: Any) -> float:
+    w = np.zeros((n, h), np.float32)
+    for head in heads:
+      w[tuple(head)] = 1.0
+    logits = analysis.run(model, tokens, edits=methods.ablation_edits(model, w))
+    return _accuracy(logits, targets, mask)
+
+  each = np.array([[acc_without([(i, j)]) for j in range(h)] for i in range(n)])
+  rng = np.random.default_rng(seed)
+  flat = [(i, j) for i in range(n) for j in range(h)]
+  random_k = []
+  for k in range(1, min(8, n * h) + 1):
+    picks = [rng.choice(len(flat), k, replace=False) for _ in range(draws)]
+    random_k.append(float(np.mean([acc_without([flat[x] for x in p]) for p in picks])))
+  within = []
+  for i in range(n):
+    order = np.argsort(-scores[i], kind="stable")
+    within.append({"layer": i, "top_head": int(order[0]), "bottom_head": int(order[-1]),
+                   "accuracy_without_top": float(each[i, order[0]]),
+                   "accuracy_without_bottom": float(each[i, order[-1]])})
+  return {"accuracy_without_each_head": each.tolist(),
+          "accuracy_without_random_k_heads": random_k, "random_draws": draws,
+          "within_layer": within}
 
 
 def _top(scores: Any, k: int) -> list[list[int]]:

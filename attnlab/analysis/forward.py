@@ -103,8 +103,9 @@ def _attention(run: _Run, attn: MultiHeadAttention, x: Array, positions: Array,
   q, k, v = attn.project_qkv(x)
   q, k = attn.normalize_qk(q, k)
   if attn.position == "rope":
-    q = positions_lib.apply_rope(q, positions, base=attn.rope_base)
-    k = positions_lib.apply_rope(k, positions, base=attn.rope_base)
+    scaling = getattr(attn, "rope_scaling", None)
+    q = positions_lib.apply_rope(q, positions, base=attn.rope_base, scaling=scaling)
+    k = positions_lib.apply_rope(k, positions, base=attn.rope_base, scaling=scaling)
   q, k, v = run.hook(f"q.{i}", q), run.hook(f"k.{i}", k), run.hook(f"v.{i}", v)
   bias = None
   for e in run.edits.get(f"scores.{i}", ()):

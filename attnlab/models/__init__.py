@@ -19,6 +19,7 @@ Config keys (``default_model_config()``; every key is read by ``build_model``):
 * ``dropout``: rate on the attention and MLP outputs (and before the classifier head).
 * ``position``: "rope" | "learned" | "sinusoidal" | "alibi" | "none".
 * ``rope_base``: RoPE wavelength base (theta).
+* ``rope_scaling``: ``{}`` (none) or Hugging Face's ``rope_scaling`` dict: linear, llama3, yarn.
 * ``max_len``: longest sequence (learned position table size; default KV cache length).
 * ``tie_embeddings``: decoder LM head shares the token embedding.
 * ``num_classes``: encoder classifier outputs.

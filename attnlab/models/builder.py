@@ -29,7 +29,8 @@ _POOL_SHARED = frozenset({"self", "d_model", "num_layers", "model_heads", "rngs"
 def shared_arguments(cfg: Any, *, layer_index: int, causal: bool) -> dict[str, Any]:
   """Values of ``attnlab.nn.SHARED_ARGUMENTS`` for one layer (param_dtype: the default)."""
   return dict(num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, position=cfg.position,
-              rope_base=cfg.rope_base, softcap=cfg.attention.softcap,
+              rope_base=cfg.rope_base, rope_scaling=dict(cfg.rope_scaling) or None,
+              softcap=cfg.attention.softcap,
               sliding_window=cfg.attention.sliding_window, causal=causal,
               use_bias=bool(cfg.attention_bias), dtype=cfg.dtype,
               implementation=cfg.attention.implementation, max_len=cfg.max_len,
@@ -150,6 +151,7 @@ def check(cfg: Any) -> None:
   position = positions_lib.check_position_kind(cfg.position)
   if position == "rope" and head_dim % 2:
     raise ValueError(f"position='rope' needs an even head_dim, got {head_dim}")
+  positions_lib.rope_scaling(dict(cfg.rope_scaling) or None)  # ValueError naming the key
   if position == "sinusoidal" and cfg.d_model % 2:
     raise ValueError(f"position='sinusoidal' needs an even d_model, got {cfg.d_model}")
   if cfg.mlp not in blocks_lib.list_mlps():

@@ -17,8 +17,9 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-# Sub-dicts whose keys are free: they are keyword arguments of the chosen module.
-FREE_KEYS = ("kwargs", "pooling_kwargs")
+# Sub-dicts whose keys are free: keyword arguments of the chosen module, or (rope_scaling)
+# Hugging Face's rope_scaling dict, checked by attnlab.nn.positions.rope_scaling.
+FREE_KEYS = ("kwargs", "pooling_kwargs", "rope_scaling")
 MODEL_NAMES = ("decoder_lm", "encoder_classifier")
 
 
@@ -39,6 +40,7 @@ def default_model_config() -> ConfigDict:
   cfg.dropout = 0.0
   cfg.position = "rope"  # "rope" | "learned" | "sinusoidal" | "alibi" | "none"
   cfg.rope_base = 10000.0
+  cfg.rope_scaling = ConfigDict({})  # {} = none; else HF's rope_scaling (linear/llama3/yarn)
   cfg.max_len = 512
   cfg.tie_embeddings = False
   cfg.num_classes = 2

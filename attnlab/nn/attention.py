@@ -165,6 +165,8 @@ class MultiHeadAttention(nnx.Module):
 
   Options beyond the projections and the mechanism (all default to plain self-attention):
 
+  * ``rope_scaling`` (with ``position="rope"``): a Hugging Face-style ``rope_scaling`` dict or
+    an ``attnlab.nn.positions.RopeScaling`` (linear, llama3, yarn; see ``nn/positions.py``).
   * ``max_len``: the longest sequence the model sees. For the sigmoid mechanism without an
     explicit ``mechanism_kwargs["sigmoid_bias"]`` the module fixes ``sigmoid_bias =
     -log(max_len)`` at construction, so the bias does not depend on the length of each call's
@@ -211,6 +213,7 @@ class MultiHeadAttention(nnx.Module):
                head_dim: int | None = None, mechanism: str | None = None,
                implementation: str = "auto", mechanism_kwargs: Mapping[str, Any] | None = None,
                position: str = "none", rope_base: float = 10000.0,
+               rope_scaling: Mapping[str, Any] | positions_lib.RopeScaling | None = None,
                softcap: float | None = None, sliding_window: int | None = None,
                causal: bool = False, use_bias: bool = False, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, max_len: int | None = None,
@@ -255,6 +258,7 @@ class MultiHeadAttention(nnx.Module):
     # Static, hashable: (name, value) pairs.
     self.core_kwargs = freeze(kwargs)
     self.position, self.rope_base = position, float(rope_base)
+    self.rope_scaling = positions_lib.rope_scaling(rope_scaling)  # None or a frozen dataclass
     self.softcap = None if softcap is None else float(softcap)
     self.sliding_window, self.causal = sliding_window, causal
     self.dtype = resolve_dtype(dtype)
@@ -526,8 +530,8 @@ class MultiHeadAttention(nnx.Module):
     q, k = self.normalize_qk(q, k)
     if self.position == "rope":
       pos = positions_lib.default_positions(b, t, offset) if positions is None else positions
-      q = positions_lib.apply_rope(q, pos, base=self.rope_base)
-      k = positions_lib.apply_rope(k, pos, base=self.rope_base)
+      q = positions_lib.apply_rope(q, pos, base=self.rope_base, scaling=self.rope_scaling)
+      k = positions_lib.apply_rope(k, pos, base=self.rope_base, scaling=self.rope_scaling)
     if decode:
       k, v = self._write_cache(k, v, offset)
     full_mask = masks.combine(self.structural_mask(t, k.shape[1], offset, decode), mask)
@@ -688,8 +692,8 @@ _MODULES: dict[str, type] = {}
 
 # Keyword arguments the model builder hands to an attention module when its constructor
 # accepts them (besides d_model, num_heads and rngs), from the model config.
-SHARED_ARGUMENTS = ("num_kv_heads", "head_dim", "position", "rope_base", "softcap",
-                    "sliding_window", "causal", "use_bias", "dtype", "param_dtype",
+SHARED_ARGUMENTS = ("num_kv_heads", "head_dim", "position", "rope_base", "rope_scaling",
+                    "softcap", "sliding_window", "causal", "use_bias", "dtype", "param_dtype",
                     "implementation", "max_len", "num_layers", "layer_index", "mlp_dim")
 
 

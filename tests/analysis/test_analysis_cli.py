@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -36,6 +37,13 @@ def test_cli_on_hf_checkpoint(tmp_path):
   assert np.allclose(np.triu(w, 1), 0.0) and rec["implementation"] == "chunked"
   with pytest.raises(SystemExit):
     cli.main(["nonsense", "--checkpoint", ckpt])
+  stub = types.SimpleNamespace(embedder=types.SimpleNamespace(position="rope"), vocab_size=96)
+  tokens, _, _, what = cli._inputs(stub, {}, cli._parser().parse_args(
+      ["induction", "--checkpoint", ckpt, "--token-range", "10,20", "--seq-len", "21"]))
+  assert tokens.shape == (16, 21) and "[10, 20)" in what
+  assert tokens[:, 1:].min() >= 10 and tokens[:, 1:].max() < 20
+  with pytest.raises(ValueError, match="token-range"):
+    cli._token_range("5", 96)
 
 
 def test_load_workdir_layout(tmp_path):
@@ -67,10 +75,30 @@ def test_load_workdir_layout(tmp_path):
                              nnx.jit(lambda m, t: m(t))(model, tokens), atol=1e-6)
   assert info["step"] == 7
   out = str(tmp_path / "out")
-  assert cli.main(["retrieval", "--workdir", str(workdir), "--out", out, "--batch", "4"]) == 0
+  assert cli.main(["retrieval", "--workdir", str(workdir), "--out", out, "--batch", "4",
+                   "--random-draws", "2"]) == 0
   rec = read(out, "retrieval")
   assert "mqar" in rec["inputs"] and rec["shape"] == [4, 32]
-  assert np.asarray(rec["result"]["retrieval_scores"]).shape == (2, 2)
+  res = rec["result"]
+  assert np.asarray(res["retrieval_scores"]).shape == (2, 2)
+  # The ablation baselines, recomputed through the model's own head_masks (not the analysis
+  # edits): recall accuracy over the answer positions with head (l, h) zeroed.
+  ds = data_lib.source_dataset(data, "validation")
+  rows = [ds[i] for i in range(4)]
+  toks = np.stack([r["inputs"] for r in rows])
+  tgt = np.stack([r["targets"] for r in rows])
+  counted = np.stack([r["weights"] for r in rows]) > 0
+  fwd = nnx.jit(lambda m, t, hm: m(t, head_masks=hm))
+  for layer in range(2):
+    for head in range(2):
+      hm = np.ones((2, 2), np.float32)
+      hm[layer, head] = 0.0
+      pred = np.asarray(fwd(model, toks, hm)).argmax(-1)
+      want = ((pred == tgt) & counted).sum() / counted.sum()
+      assert abs(res["accuracy_without_each_head"][layer][head] - want) < 1e-6
+  assert len(res["accuracy_without_random_k_heads"]) == 4 and res["random_draws"] == 2
+  assert res["accuracy_without_random_k_heads"][-1] == res["accuracy_without_top_k_heads"][-1]
+  assert [w["layer"] for w in res["within_layer"]] == [0, 1]
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """from_pretrained / save_pretrained / load_tokenizer against Hugging Face transformers.
 
-The fixtures in tests/fixtures/hf/<model_type>/ were written by transformers' save_pretrained
+The fixtures in tests/fixtures/hf/<name>/ were written by transformers' save_pretrained
 (scripts/make_hf_fixtures.py, transformers 5.24 + torch 2.13 CPU, eager attention, float32):
 tiny random models with their logits and 20-token greedy generations. The expected values come
 from transformers, not from attnlab.
@@ -16,10 +16,13 @@ import pytest
 from flax import nnx
 
 from attnlab import models
+from attnlab.models.pretrained import hf_config
 from attnlab.models.pretrained import io as io_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf")
 TYPES = ("gpt2", "llama", "mistral", "qwen2")
+# The same, with scaled RoPE (config.json rope_parameters: llama3 / yarn).
+ROPE_SCALED = ("llama_rope_llama3", "qwen2_rope_yarn")
 
 
 def expected(model_type):
@@ -42,7 +45,7 @@ def load(model_type, **kw):
   return _CACHE[key]
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", TYPES + ROPE_SCALED)
 def test_logits_and_greedy_match_transformers(model_type):
   exp = expected(model_type)
   model = load(model_type)
@@ -51,6 +54,28 @@ def test_logits_and_greedy_match_transformers(model_type):
   np.testing.assert_allclose(logits, exp["logits"], atol=1e-4, rtol=1e-4)
   out = np.asarray(models.generate(model, exp["prompt"], 20))
   np.testing.assert_array_equal(out, exp["greedy"])
+
+
+@pytest.mark.parametrize("name", ROPE_SCALED)
+def test_rope_scaling_is_exercised(name):
+  """The scaled fixtures' logits differ from the same weights with unscaled RoPE (so the
+  parity above checks the scaling), and save_pretrained keeps the scaling."""
+  exp = expected(name)
+  model = load(name)
+  scaling = [b.attention.rope_scaling for b in model.stack.blocks]
+  assert scaling[0] is not None and scaling[0].rope_type in name
+  for block in model.stack.blocks:
+    block.attention.rope_scaling = None
+  try:
+    logits = np.asarray(fwd(model, exp["input_ids"]))
+  finally:
+    for block, s in zip(model.stack.blocks, scaling):
+      block.attention.rope_scaling = s
+  assert np.abs(logits - exp["logits"]).max() > 1e-2
+  hf = hf_config.from_model(model, name.split("_")[0])
+  assert hf["rope_scaling"] == scaling[0].as_dict()
+  cfg, _ = hf_config.to_model_config(hf)
+  assert dict(cfg.rope_scaling) == scaling[0].as_dict()
 
 
 def test_mistral_window_is_exercised():
@@ -143,9 +168,13 @@ def test_errors(tmp_path):
   json.dump(dict(cfg, model_type="bert"), open(bad / "config.json", "w"))
   with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
     models.from_pretrained(str(bad))
-  json.dump(dict(cfg, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+  json.dump(dict(cfg, rope_scaling={"rope_type": "dynamic", "factor": 4.0}),
             open(bad / "config.json", "w"))
-  with pytest.raises(ValueError, match="yarn"):
+  with pytest.raises(ValueError, match="dynamic"):
+    models.from_pretrained(str(bad))
+  json.dump(dict(cfg, rope_scaling={"rope_type": "llama3", "factor": 4.0}),
+            open(bad / "config.json", "w"))
+  with pytest.raises(ValueError, match="low_freq_factor"):
     models.from_pretrained(str(bad))
   # a missing tensor is named
   json.dump(cfg, open(bad / "config.json", "w"))

@@ -10,7 +10,8 @@ on its mesh sharding (logical axis rules) when a mesh is given. No torch at run 
 second full copy of the weights in host memory. The idea follows bonsai's Flax NNX loaders
 (``safe_open`` + key-mapping rules).
 
-Supported ``model_type``: gpt2, llama, mistral, qwen2.
+Supported ``model_type``: gpt2, llama, mistral, qwen2; RoPE scaling (``rope_scaling`` /
+``rope_parameters``) "linear", "llama3" and "yarn" (``attnlab.nn.positions.RopeScaling``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Supported: ``gpt2`` (learned positions, LayerNorm, GELU-tanh MLP with biases, q/k/v/o biases,
 tied embeddings) and the LLaMA family ``llama``, ``mistral``, ``qwen2`` (RoPE with theta,
 RMSNorm, SwiGLU, GQA, optional tied embeddings; qwen2 has q/k/v biases and no o bias, mistral
-an optional sliding window). Anything the attnlab model cannot reproduce (RoPE scaling, MLP
+an optional sliding window; RoPE scaling "linear", "llama3" and "yarn"). Anything the attnlab
+model cannot reproduce ("dynamic" / "longrope" RoPE scaling, partial rotary factors, MLP
 biases in the LLaMA family, other activations, layer-dependent sliding windows) is refused
 with a ``ValueError`` naming the config key.
 """
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from attnlab.models import config as config_lib
+from attnlab.nn import positions as positions_lib
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -31,17 +33,37 @@ def model_type_of(hf: Mapping[str, Any]) -> str:
   return model_type
 
 
-def _rope(hf: Mapping[str, Any]) -> float:
-  """RoPE theta from ``rope_theta`` (transformers 4) or ``rope_parameters`` (transformers 5);
-  scaled RoPE is refused."""
-  params = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling")
-  kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) if scaling else None
-  kind = kind or params.get("rope_type", "default")
-  if kind not in (None, "default"):
+def _rope(hf: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+  """``(theta, rope_scaling)`` from ``rope_theta`` + ``rope_scaling`` (transformers 4) or
+  ``rope_parameters`` (transformers 5). ``rope_scaling`` is ``{}`` (unscaled) or a checked
+  linear / llama3 / yarn dict (``attnlab.nn.positions.rope_scaling``), with transformers'
+  defaults filled in: ``original_max_position_embeddings`` from the top level or
+  ``max_position_embeddings``; yarn's missing ``factor`` = max / original positions."""
+  params = dict(hf.get("rope_parameters") or {})
+  scaling = dict(hf.get("rope_scaling") or {})
+  theta = float(params.get("rope_theta", scaling.get("rope_theta",
+                                                     hf.get("rope_theta", 10000.0))))
+  spec = scaling or params
+  kind = spec.get("rope_type", spec.get("type", "default"))
+  if kind in (None, "default"):
+    return theta, {}
+  if kind not in positions_lib.ROPE_SCALING_TYPES:
     raise ValueError(f"rope scaling {kind!r} (config.json rope_scaling/rope_parameters) is not "
-                     "supported by attnlab's RoPE; supported: unscaled ('default')")
-  return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+                     f"supported by attnlab's RoPE; supported: "
+                     f"{['default', *positions_lib.ROPE_SCALING_TYPES]}")
+  spec = {k: v for k, v in spec.items() if k not in ("rope_theta", "type")}
+  spec["rope_type"] = kind
+  if kind in ("llama3", "yarn") and spec.get("original_max_position_embeddings") is None:
+    spec["original_max_position_embeddings"] = hf.get(
+        "original_max_position_embeddings", hf.get("max_position_embeddings"))
+  if kind == "yarn" and spec.get("factor") is None:
+    spec["factor"] = (float(hf["max_position_embeddings"])
+                      / float(spec["original_max_position_embeddings"]))
+  try:
+    checked = positions_lib.rope_scaling(spec)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.json rope scaling {spec}: {e}") from e
+  return theta, checked.as_dict()
 
 
 def _require(hf: Mapping[str, Any], key: str, allowed: tuple[Any, ...], default: Any) -> None:
@@ -86,13 +108,15 @@ def to_model_config(hf: Mapping[str, Any], *, dtype: str = "float32",
     bias = True  # q/k/v biases; the o projection has none (loaded as zeros)
   else:
     bias = bool(hf.get("attention_bias", False))
+  theta, scaling = _rope(hf)
   cfg.update(dict(num_layers=int(hf["num_hidden_layers"]), d_model=d, num_heads=heads,
                   num_kv_heads=int(kv), head_dim=int(head_dim),
                   mlp_dim=int(hf["intermediate_size"]), mlp="swiglu", norm="rmsnorm",
                   norm_eps=float(hf.get("rms_norm_eps", 1e-6)), position="rope",
-                  rope_base=_rope(hf), max_len=int(hf.get("max_position_embeddings", 2048)),
+                  rope_base=theta, max_len=int(hf.get("max_position_embeddings", 2048)),
                   tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                   attention_bias=bias))
+  cfg.rope_scaling = ml_collections.ConfigDict(scaling)
   cfg.attention.sliding_window = None if window is None else int(window)
   return cfg, int(hf["vocab_size"])
 
@@ -121,6 +145,8 @@ def from_model(model: Any, model_type: str) -> dict[str, Any]:
              num_attention_heads=attn.num_heads, num_key_value_heads=attn.num_kv_heads,
              head_dim=attn.head_dim, rms_norm_eps=eps, rope_theta=attn.rope_base,
              max_position_embeddings=model.max_len, hidden_act="silu")
+  if attn.rope_scaling is not None:
+    out["rope_scaling"] = attn.rope_scaling.as_dict()
   if model_type == "llama":
     out["attention_bias"] = attn.q.bias is not None
   if model_type == "mistral":
