@@ -1,9 +1,10 @@
-r"""MQAR with any catalogued mechanism: ``configs/mechanisms.py:<name>[,local]``.
+r"""MQAR with any catalogued mechanism: ``configs/mechanisms.py:<name>[,local|,compare]``.
 
   python -m attnlab.train --config configs/mechanisms.py:deberta --workdir /tmp/mqar_deberta
   python -m attnlab.train --config configs/mechanisms.py:sigmoid,local --workdir /tmp/smoke
 
-The base is ``configs/mqar.py`` (``local`` = its tiny variant). ``OVERRIDES`` below holds the
+The base is ``configs/mqar.py`` (``local`` = its tiny variant; ``compare`` = the small budget
+of ``python -m attnlab.train.compare --config compare``). ``OVERRIDES`` below holds the
 dotted config keys that select each catalogue entry and set its hyperparameters: the library
 (``attnlab.core``) knows no trainer keys, so this is where they live. A mechanism missing from
 ``OVERRIDES`` is selected with ``model.attention.mechanism = <name>`` and its defaults.
@@ -273,6 +274,15 @@ OVERRIDES = {
     },
 }
 
+# ``python -m attnlab.train.compare`` runs these first (in this order, then the rest sorted):
+# softmax and the mechanisms that Zoology (arXiv 2312.04927) compares on recall, then the
+# sparse / routed ones; COMPARE_HIGHLIGHT are drawn in its curves plot.
+COMPARE_FIRST = (
+    'softmax', 'sigmoid', 'linear_elu', 'retnet', 'gla', 'deltanet', 'gated_deltanet',
+    'decon_approx', 'moba', 'aaren', 'slab_linear', 'inline', 'nalaformer', 'soft_nystrom',
+    'vmoba', 'biformer', 'landmark', 'retrieval_topk', 'halo', 'axial', 'fit')
+COMPARE_HIGHLIGHT = COMPARE_FIRST[:9]
+
 
 def overrides_for(name: str) -> dict:
   """The dotted overrides that select catalogue entry ``name`` (ValueError if unknown)."""
@@ -314,10 +324,12 @@ class _nullcontext:
 def get_config(arg: str = "softmax"):
   parts = [p.strip() for p in (arg or "softmax").split(",") if p.strip()]
   name, flags = parts[0], set(parts[1:])
-  unknown = flags - {"local", "runlocal"}
-  if unknown:
-    raise ValueError(f"configs/mechanisms.py: unknown flags {sorted(unknown)}; use ',local'")
+  unknown = flags - {"local", "runlocal", "compare"}
+  if unknown or len(flags) > 1:
+    raise ValueError(f"configs/mechanisms.py: flags {sorted(flags)}; use one of ',local' "
+                     "(tiny smoke test) or ',compare' (configs/mqar.py:compare)")
   overrides = overrides_for(name)
-  config = _load_sibling("mqar").get_config("local" if flags else "")
+  base = "compare" if "compare" in flags else ("local" if flags else "")
+  config = _load_sibling("mqar").get_config(base)
   apply_overrides(config, overrides)
   return config

@@ -1,12 +1,28 @@
-"""Compare mechanisms on MQAR under one budget: a table and a plot of accuracy vs step.
+"""Compare mechanisms on MQAR under one budget, over seeds: a table and plots.
 
-  python -m attnlab.train.compare --workdir runs/mqar_compare [--steps 600] [--names a b ...]
+  python -m attnlab.train.compare --workdir runs/mqar_compare --config compare \
+      --seeds 0 1 2 [--names a b ...] [--out results/cpu/mqar_compare] [--shard 0/2]
+  python -m attnlab.train.compare --workdir runs/mqar_compare --config compare \
+      --seeds 0 1 2 --report_only --out results/cpu/mqar_compare
 
-Each mechanism trains ``configs/mechanisms.py:<name>`` (the MQAR config plus the catalogue
-entry's overrides) for the same number of steps, batch and eval schedule, in its own
-``WORKDIR/<name>``. A finished run is not repeated (its metrics are reused) and a stopped one
-resumes from its checkpoint. Writes ``WORKDIR/summary.md``, ``WORKDIR/summary.json`` and
-``WORKDIR/accuracy.png``; a mechanism that fails is reported in the table, not fatal.
+Each run trains ``configs/mechanisms.py:<name>[,<config>]`` (the MQAR config, or its named
+variant such as ``compare``, plus the catalogue entry's overrides) with ``config.seed = k`` in
+its own ``WORKDIR/<name>/seed<k>``; every run has the same steps, batch and eval schedule
+(``--steps`` / ``--eval_every`` override the config's; ``seed`` sets the initialisation and
+the shuffle order, the examples stay those of ``data.data_seed``). Runs go seed-major (every
+mechanism with the first seed, then the next seed), ``COMPARE_FIRST`` of configs/mechanisms.py
+first, so a stopped comparison still covers every mechanism once. A finished run is not
+repeated (``run.json`` marks it) and a stopped one resumes from its checkpoint (one is written
+at the end only). A failing run is recorded in ``error.json`` and reported in the table, not
+fatal. ``--shard i/n`` runs every
+n-th run (start n processes for n workers); ``--report_only`` aggregates what is on disk.
+
+Writes to ``--out`` (default: WORKDIR): ``summary.json`` (per mechanism: the seeds' final
+accuracies, mean, std, min, max, mean curve with its min-max band), ``final_accuracy.png``
+(sorted bars, whiskers = min-max over seeds), ``curves.png`` (mean eval accuracy vs step of
+the highlighted mechanisms, shaded min-max band) and the table in ``summary.md``: between the
+``<!-- compare:start -->`` / ``<!-- compare:end -->`` markers when the file has them (the
+page's prose is kept), else a new file.
 
 Needs a source checkout (it reads ``configs/mechanisms.py`` beside the package), as after
 the README's ``pip install -e .``.
@@ -17,112 +33,309 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any, Sequence
 
 _CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "mechanisms.py"
 
+# The run order (``COMPARE_FIRST``, then the rest sorted) and the mechanisms drawn in
+# curves.png (``COMPARE_HIGHLIGHT``) live in configs/mechanisms.py beside the overrides: the
+# package names no mechanism ("one mechanism, one place").
+START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 
-def load_config(name: str, local: bool = False):
+
+def _configs_module():
   spec = importlib.util.spec_from_file_location("attnlab_configs_mechanisms", _CONFIGS)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config(name + (",local" if local else ""))
+  return mod
 
 
-def run_one(name: str, workdir: Path, steps: int, eval_every: int, local: bool) -> dict:
-  from attnlab.train import trainer
+def load_config(name: str, variant: str = ""):
+  """``configs/mechanisms.py:<name>[,<variant>]`` (variant: "", "local", "compare")."""
+  return _configs_module().get_config(name + (f",{variant}" if variant else ""))
+
+
+def ordered(names: Sequence[str], first: Sequence[str] | None = None) -> list[str]:
+  """``names`` with those of ``first`` (default: ``COMPARE_FIRST`` of configs/mechanisms.py)
+  first, in that order, then the rest sorted."""
+  if first is None:
+    first = getattr(_configs_module(), "COMPARE_FIRST", ())
+  head = [n for n in first if n in names]
+  return head + sorted(set(names) - set(head))
+
+
+class Stopped(Exception):
+  """A run was stopped by a signal (it saved a checkpoint); the comparison stops too."""
+
+
+def _finished(workdir: Path, steps: int) -> bool:
   from attnlab.train.metrics import read_metrics
-  config = load_config(name, local)
-  with config.unlocked():
-    config.total_steps = steps
-    config.eval_every = eval_every
-    config.log_every = min(config.log_every, eval_every)
-    config.checkpoint_every = steps
-  t0 = time.time()
-  done = (workdir / "metrics.jsonl").exists() and any(
+  marker = workdir / "run.json"
+  if marker.exists():
+    return json.loads(marker.read_text()).get("steps") == steps
+  return (workdir / "metrics.jsonl").exists() and any(
       r.get("step") == steps and "eval/accuracy" in r for r in read_metrics(workdir))
-  if not done:
-    trainer.train_and_evaluate(config, str(workdir))
-  records = read_metrics(workdir)
+
+
+def run_one(name: str, workdir: Path, *, seed: int, variant: str, steps: int | None = None,
+            eval_every: int | None = None) -> dict[str, Any]:
+  """Train one (mechanism, seed) unless ``workdir/run.json`` says it is done; its record."""
+  from attnlab.train import trainer
+  config = load_config(name, variant)
+  with config.unlocked():
+    config.seed = int(seed)
+    if steps:
+      config.total_steps = int(steps)
+    if eval_every:
+      config.eval_every = int(eval_every)
+    config.log_every = min(config.log_every, config.eval_every)
+    config.checkpoint_every = config.total_steps  # one checkpoint, at the end
+    config.keep_checkpoints = 1
+  steps = int(config.total_steps)
+  if _finished(workdir, steps):
+    return json.loads((workdir / "run.json").read_text()) if (
+        workdir / "run.json").exists() else {"mechanism": name, "seed": seed, "steps": steps}
+  (workdir / "error.json").unlink(missing_ok=True)
+  t0 = time.time()
+  result = trainer.train_and_evaluate(config, str(workdir))
+  rec = {"mechanism": name, "seed": int(seed), "steps": steps,
+         "wall_s": round(time.time() - t0, 1)}
+  if result.get("status") != "done":  # SIGTERM / Ctrl-C: checkpointed, resumed next time
+    raise Stopped(f"{name} seed {seed} stopped at step {result.get('step')}")
+  (workdir / "run.json").write_text(json.dumps(rec))
+  return rec
+
+
+def _final_eval(records: list[dict], steps: int) -> dict | None:
   evals = [r for r in records if "eval/accuracy" in r]
-  final = evals[-1] if evals else {}
-  return {"mechanism": name, "final_accuracy": final.get("eval/accuracy"),
-          "best_accuracy": max((r["eval/accuracy"] for r in evals), default=None),
-          "final_eval_loss": final.get("eval/loss"), "steps": steps,
-          "wall_s": None if done else round(time.time() - t0, 1)}
+  return evals[-1] if evals and evals[-1]["step"] == steps else None
 
 
-def plot_accuracy(root: Path, names: list[str], title: str) -> Path:
-  """One line per mechanism (best first), legend outside the axes; ``root/accuracy.png``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+def _curve(records: list[dict]) -> dict[int, float]:
+  return {int(r["step"]): float(r["eval/accuracy"]) for r in records if "eval/accuracy" in r}
+
+
+def aggregate(root: Path, names: Sequence[str], seeds: Sequence[int],
+              steps: int) -> list[dict[str, Any]]:
+  """One row per mechanism from ``root/<name>/seed<k>``: the seeds that finished ``steps``,
+  their final eval accuracies, mean / std (population) / min / max, the mean final eval loss,
+  mean wall time, the mean curve with its min-max band, failed and missing seeds."""
   from attnlab.train.metrics import read_metrics
-  from attnlab.train.plot import series
-  fig, ax = plt.subplots(figsize=(12, 6))
-  cmap = plt.get_cmap("tab20")
-  for i, name in enumerate(names):
-    xs, ys = series(read_metrics(root / name), "eval/accuracy")
-    ax.plot(xs, ys, marker="o", ms=3, lw=2.2 if i < 3 else 1.0, color=cmap(i % 20),
-            ls="-" if i < 20 else "--", label=name)
-  ax.set_xlabel("step")
-  ax.set_ylabel("eval accuracy (answer positions)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=2, fontsize=8)
-  fig.tight_layout()
-  out = root / "accuracy.png"
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  rows = []
+  for name in names:
+    finals, losses, walls, curves, failed, missing = {}, [], [], [], {}, []
+    for s in seeds:
+      d = root / name / f"seed{s}"
+      err = d / "error.json"
+      final = None
+      records = read_metrics(d) if (d / "metrics.jsonl").exists() else []
+      final = _final_eval(records, steps)
+      if final is not None:
+        finals[s] = float(final["eval/accuracy"])
+        losses.append(float(final["eval/loss"]))
+        curves.append(_curve(records))
+        if (d / "run.json").exists():
+          wall = json.loads((d / "run.json").read_text()).get("wall_s")
+          if wall is not None:
+            walls.append(float(wall))
+      elif err.exists():
+        failed[s] = json.loads(err.read_text()).get("error", "?")
+      else:
+        missing.append(s)
+    row: dict[str, Any] = {"mechanism": name, "seeds": sorted(finals), "final_accuracy": finals,
+                           "failed": failed, "missing": missing}
+    if finals:
+      acc = list(finals.values())
+      mean = sum(acc) / len(acc)
+      row.update(mean=mean, std=math.sqrt(sum((a - mean) ** 2 for a in acc) / len(acc)),
+                 min=min(acc), max=max(acc), final_eval_loss=sum(losses) / len(losses),
+                 wall_s=round(sum(walls) / len(walls), 1) if walls else None)
+      common = sorted(set.intersection(*(set(c) for c in curves)))
+      row["curve"] = {"step": common,
+                      "mean": [sum(c[t] for c in curves) / len(curves) for t in common],
+                      "min": [min(c[t] for c in curves) for t in common],
+                      "max": [max(c[t] for c in curves) for t in common]}
+    rows.append(row)
+  rows.sort(key=lambda r: (-r.get("mean", -1.0), r["mechanism"]))
+  return rows
+
+
+def _kind(name: str) -> str:
+  import attnlab
+  try:
+    return attnlab.get_mechanism(name).kind
+  except ValueError:
+    return "?"
+
+
+def table(rows: list[dict], seeds: Sequence[int], steps: int) -> list[str]:
+  """Markdown table lines: mean, min-max, std over the seeds that finished."""
+  f3 = lambda x: "-" if x is None else f"{x:.3f}"
+  out = [f"Final eval accuracy after {steps} steps over seeds {list(seeds)}: mean, min-max "
+         "and std (population) over the seeds that finished (`n`).", "",
+         "| mechanism | kind | n | mean acc | min-max | std | final eval loss | wall s/run |",
+         "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    note = []
+    if r["failed"]:
+      note.append("failed seeds " + "; ".join(f"{s}: {e}" for s, e in r["failed"].items()))
+    if r["missing"] and r["seeds"]:
+      note.append(f"not run: seeds {r['missing']}")
+    note = (" (" + "; ".join(note) + ")") if note else ""
+    if "mean" not in r:
+      why = note.strip(" ()") or f"not run (seeds {r['missing']})"
+      out.append(f"| `{r['mechanism']}` | {_kind(r['mechanism'])} | 0 | {why} | | | | |")
+      continue
+    out.append(f"| `{r['mechanism']}` | {_kind(r['mechanism'])} | {len(r['seeds'])}{note} | "
+               f"{f3(r['mean'])} | {f3(r['min'])}-{f3(r['max'])} | {f3(r['std'])} | "
+               f"{f3(r['final_eval_loss'])} | "
+               f"{'-' if r['wall_s'] is None else r['wall_s']} |")
   return out
 
 
+def write_summary(out: Path, lines: list[str], title: str) -> Path:
+  """Put ``lines`` between the markers of ``out/summary.md`` (kept prose) or write a new page."""
+  path = out / "summary.md"
+  block = "\n".join([START, *lines, END])
+  text = path.read_text() if path.exists() else ""
+  if START in text and END in text and text.index(START) < text.index(END):
+    head, rest = text.split(START, 1)
+    text = head + block + rest.split(END, 1)[1]
+  else:
+    text = (f"# {title}\n\n{block}\n\n![final accuracy](final_accuracy.png)\n\n"
+            "![curves](curves.png)\n")
+  path.write_text(text)
+  return path
+
+
+def plot_final(rows: list[dict], out: Path, title: str) -> Path:
+  """Sorted horizontal bars of the mean final accuracy, min-max whiskers, colour = kind."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [r for r in rows if "mean" in r][::-1]  # best on top
+  kinds = sorted({_kind(r["mechanism"]) for r in rows})
+  colour = {k: plt.get_cmap("tab10")(i) for i, k in enumerate(kinds)}
+  fig, ax = plt.subplots(figsize=(8, 0.24 * len(rows) + 1.5))
+  ys = range(len(rows))
+  means = [r["mean"] for r in rows]
+  err = [[r["mean"] - r["min"] for r in rows], [r["max"] - r["mean"] for r in rows]]
+  ax.barh(ys, means, xerr=err, color=[colour[_kind(r["mechanism"])] for r in rows],
+          error_kw=dict(lw=1, capsize=2), height=0.7)
+  ax.set_yticks(list(ys), [f"{r['mechanism']} (n={len(r['seeds'])})" for r in rows],
+                fontsize=7)
+  ax.set_xlim(0, 1.02)
+  ax.set_xlabel("final eval accuracy (mean over seeds; whiskers: min-max)")
+  ax.set_title(title, fontsize=9)
+  ax.grid(axis="x", alpha=0.3)
+  ax.legend(handles=[matplotlib.patches.Patch(color=colour[k], label=k) for k in kinds],
+            loc="lower right", fontsize=7)
+  fig.tight_layout()
+  path = out / "final_accuracy.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str] = (),
+                top: int = 4) -> Path:
+  """Mean eval accuracy vs step, shaded min-max band: ``highlight`` + the ``top`` best others."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  done = [r for r in rows if "mean" in r]
+  pick = [r for r in done if r["mechanism"] in highlight]
+  pick += [r for r in done if r["mechanism"] not in highlight][:top]
+  fig, ax = plt.subplots(figsize=(10, 5.5))
+  cmap = plt.get_cmap("tab20")
+  for i, r in enumerate(pick):
+    c = r["curve"]
+    ax.plot(c["step"], c["mean"], color=cmap(i % 20), lw=2.2 if r["mechanism"] == "softmax"
+            else 1.3, ls="-" if r["mechanism"] in highlight else "--",
+            label=f"{r['mechanism']} ({r['mean']:.2f})")
+    ax.fill_between(c["step"], c["min"], c["max"], color=cmap(i % 20), alpha=0.15, lw=0)
+  ax.set_xlabel("step")
+  ax.set_ylabel("eval accuracy (answer positions)")
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+  fig.tight_layout()
+  path = out / "curves.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def report(root: Path, out: Path, names: Sequence[str], seeds: Sequence[int], steps: int,
+           variant: str) -> list[dict]:
+  """Aggregate, then write summary.json, summary.md's table and the two plots to ``out``."""
+  out.mkdir(parents=True, exist_ok=True)
+  rows = aggregate(root, names, seeds, steps)
+  cfg = f"configs/mechanisms.py:<name>{',' + variant if variant else ''}"
+  lines = table(rows, seeds, steps)
+  write_summary(out, lines, f"MQAR comparison ({cfg}, {steps} steps, seeds {list(seeds)})")
+  (out / "summary.json").write_text(json.dumps(
+      {"config": cfg, "steps": steps, "seeds": list(seeds), "spread": "min-max and "
+       "population std over seeds", "rows": rows}, indent=1))
+  if any("mean" in r for r in rows):
+    title = f"MQAR, {cfg}, {steps} steps, seeds {list(seeds)}"
+    plot_final(rows, out, title)
+    plot_curves(rows, out, title, getattr(_configs_module(), "COMPARE_HIGHLIGHT", ()))
+  return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m attnlab.train.compare", description=__doc__)
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--steps", type=int, default=600)
-  p.add_argument("--eval_every", type=int, default=100)
-  p.add_argument("--names", nargs="*", default=None)
-  p.add_argument("--local", action="store_true", help="tiny configs (smoke test)")
+  p = argparse.ArgumentParser(prog="python -m attnlab.train.compare", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="run folders: WORKDIR/<name>/seed<k>")
+  p.add_argument("--out", default=None, help="summary / plots folder (default: WORKDIR)")
+  p.add_argument("--config", default="", choices=("", "compare", "local"),
+                 help="variant of configs/mqar.py (configs/mechanisms.py:<name>,<config>)")
+  p.add_argument("--local", action="store_true", help="same as --config local (smoke test)")
+  p.add_argument("--steps", type=int, default=None, help="default: the config's total_steps")
+  p.add_argument("--eval_every", type=int, default=None, help="default: the config's")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0])
+  p.add_argument("--names", nargs="*", default=None, help="default: every catalogue entry")
+  p.add_argument("--shard", default="0/1", help="i/n: run only runs i, i+n, ... of the list")
+  p.add_argument("--report_only", action="store_true", help="aggregate what is on disk")
   a = p.parse_args(argv)
+  variant = "local" if a.local else a.config
+  try:
+    shard, nshards = (int(x) for x in a.shard.split("/"))
+    assert 0 <= shard < nshards
+  except (ValueError, AssertionError):
+    p.error(f"--shard must be i/n with 0 <= i < n, got {a.shard!r}")
   import attnlab
-  import attnlab.nn  # noqa: F401  (registers module-level mechanisms)
-  names = a.names or attnlab.list_mechanisms()
-  unknown = sorted(set(names) - set(attnlab.list_mechanisms()))
+  import attnlab.models  # noqa: F401  (registers modules, pooling heads, variants)
+  known = attnlab.list_mechanisms()
+  unknown = sorted(set(a.names or ()) - set(known))
   if unknown:
-    p.error(f"unknown mechanisms {unknown}; known: {attnlab.list_mechanisms()}")
+    p.error(f"unknown mechanisms {unknown}; known: {known}")
+  names = list(a.names) if a.names else ordered(known)
+  steps = a.steps or int(load_config("softmax", variant).total_steps)
   root = Path(a.workdir)
   root.mkdir(parents=True, exist_ok=True)
-  rows = []
-  for i, name in enumerate(names):
-    print(f"[{i + 1}/{len(names)}] {name}", flush=True)
+  runs = [(s, n) for s in a.seeds for n in names][shard::nshards]
+  for i, (seed, name) in enumerate([] if a.report_only else runs):
+    print(f"[{i + 1}/{len(runs)}] {name} seed {seed}", flush=True)
+    d = root / name / f"seed{seed}"
     try:
-      rows.append(run_one(name, root / name, a.steps, a.eval_every, a.local))
+      run_one(name, d, seed=seed, variant=variant, steps=steps, eval_every=a.eval_every)
+    except Stopped as e:
+      print(f"{e}; rerun the same command to resume", flush=True)
+      break
     except Exception as e:  # one failing mechanism must not hide the others
       traceback.print_exc()
-      rows.append({"mechanism": name,
-                   "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
-  rows.sort(key=lambda r: -(r.get("final_accuracy") or -1))
-  lines = [f"MQAR, {a.steps} steps each, same config apart from the mechanism.", "",
-           "| mechanism | final eval accuracy | best eval accuracy | final eval loss | wall s |",
-           "|---|---|---|---|---|"]
-  fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
-  for r in rows:
-    if "error" in r:
-      lines.append(f"| `{r['mechanism']}` | failed: {r['error']} | | | |")
-    else:
-      lines.append(f"| `{r['mechanism']}` | {fmt(r['final_accuracy'])} | "
-                   f"{fmt(r['best_accuracy'])} | {fmt(r['final_eval_loss'])} | "
-                   f"{fmt(r['wall_s'])} |")
-  (root / "summary.md").write_text("\n".join(lines) + "\n")
-  (root / "summary.json").write_text(json.dumps(rows, indent=2))
-  ok = [r["mechanism"] for r in rows if "error" not in r]
-  if ok:
-    plot_accuracy(root, ok, f"MQAR eval accuracy vs step ({a.steps} steps each)")
-  print("\n".join(lines))
+      d.mkdir(parents=True, exist_ok=True)
+      (d / "error.json").write_text(json.dumps(
+          {"error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}))
+  rows = report(root, Path(a.out or root), names, a.seeds, steps, variant)
+  print("\n".join(table(rows, a.seeds, steps)))
   return 0
 
 
