@@ -265,7 +265,8 @@ def _retrieval_baselines(model: Any, tokens: np.ndarray, targets: np.ndarray,
                          draws: int = 20) -> dict[str, Any]:
   """What the ranking is compared with: recall accuracy with each head alone zero-ablated
   (``[L, H]``), with ``k`` random heads ablated (mean over ``draws`` draws, k = 1..8; the
-  paper's control), and per layer the accuracy without its top / bottom ranked head."""
+  control of "Retrieval Head Mechanistically Explains Long-Context Factuality", arXiv
+  2404.15574), and per layer the accuracy without its top / bottom ranked head."""
   from attnlab import analysis  # pylint: disable=g-import-not-at-top
   from attnlab.analysis import methods  # pylint: disable=g-import-not-at-top
   n, h = scores.shape

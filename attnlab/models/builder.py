@@ -64,6 +64,9 @@ def attention_arguments(cfg: Any, *, layer_index: int, causal: bool
     raise ValueError(f"unknown attention.kwargs {unknown} for mechanism {name!r} "
                      f"({cls.__name__}); accepted: {allowed}")
   accepted = attention_lib.accepted_arguments(cls)
+  if shared.get("rope_scaling") and "rope_scaling" not in accepted:
+    raise ValueError(f"rope_scaling is set but mechanism {name!r} ({cls.__name__}) takes no "
+                     "rope_scaling")
   args = {k: v for k, v in shared.items() if k in accepted}
   return cls, dict(args, **kwargs)
 
@@ -151,7 +154,10 @@ def check(cfg: Any) -> None:
   position = positions_lib.check_position_kind(cfg.position)
   if position == "rope" and head_dim % 2:
     raise ValueError(f"position='rope' needs an even head_dim, got {head_dim}")
-  positions_lib.rope_scaling(dict(cfg.rope_scaling) or None)  # ValueError naming the key
+  if positions_lib.rope_scaling(dict(cfg.rope_scaling) or None) is not None and (
+      position != "rope"):  # ValueError naming the key above
+    raise ValueError(f"rope_scaling is set but position is {position!r}; it applies to "
+                     "position='rope' only")
   if position == "sinusoidal" and cfg.d_model % 2:
     raise ValueError(f"position='sinusoidal' needs an even d_model, got {cfg.d_model}")
   if cfg.mlp not in blocks_lib.list_mlps():

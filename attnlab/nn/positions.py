@@ -119,6 +119,9 @@ def rope_scaling(spec: Mapping[str, Any] | RopeScaling | None) -> RopeScaling | 
   kind = spec.pop("type", None) if kind is None else kind
   spec.pop("type", None)
   spec.pop("rope_theta", None)
+  prf = spec.get("partial_rotary_factor", 1.0)
+  if prf not in (None, 1, 1.0):  # partial rotary embeddings are not implemented
+    raise ValueError(f"rope_scaling partial_rotary_factor must be 1.0, got {prf!r}")
   if kind in (None, "default") and not {k: v for k, v in spec.items()
                                        if k != "partial_rotary_factor"}:
     return None
@@ -138,6 +141,17 @@ def rope_scaling(spec: Mapping[str, Any] | RopeScaling | None) -> RopeScaling | 
   missing = [k for k in required if spec.get(k) is None]
   if missing:
     raise ValueError(f"rope_scaling of rope_type {kind!r} needs {missing}, got {spec}")
+  for key, val in spec.items():
+    if key == "truncate":
+      if not isinstance(val, (bool, type(None))):
+        raise TypeError(f"rope_scaling truncate must be a bool, got {type(val).__name__} "
+                        f"{val!r}")
+    elif val is not None and (isinstance(val, bool) or not isinstance(val, (int, float))):
+      raise TypeError(f"rope_scaling {key} must be a number, got {type(val).__name__} "
+                      f"{val!r}")
+  for key in ("low_freq_factor", "original_max_position_embeddings"):
+    if spec.get(key) is not None and not spec[key] > 0:
+      raise ValueError(f"rope_scaling {key} must be > 0, got {spec[key]!r}")
   out = RopeScaling(rope_type=kind, **{k: v for k, v in spec.items() if v is not None})
   if not out.factor > 0:
     raise ValueError(f"rope_scaling factor must be > 0, got {out.factor!r}")

@@ -73,11 +73,20 @@ class Stopped(Exception):
   """A run was stopped by a signal (it saved a checkpoint); the comparison stops too."""
 
 
-def _finished(workdir: Path, steps: int) -> bool:
+def _finished(workdir: Path, steps: int, variant: str | None = None,
+              eval_every: int | None = None) -> bool:
+  """Whether ``workdir`` holds a finished run of this budget. A finished run of another budget
+  (steps, config variant, eval schedule) is refused: resuming it would mix two schedules."""
   from attnlab.train.metrics import read_metrics
   marker = workdir / "run.json"
   if marker.exists():
-    return json.loads(marker.read_text()).get("steps") == steps
+    rec = json.loads(marker.read_text())
+    want = {"steps": steps, "variant": variant, "eval_every": eval_every}
+    got = {k: rec.get(k, want[k] if k != "steps" else None) for k in want}
+    if got != want:
+      raise ValueError(f"{workdir} holds a finished run of another budget {got}, not {want}; "
+                       "use another --workdir")
+    return True
   return (workdir / "metrics.jsonl").exists() and any(
       r.get("step") == steps and "eval/accuracy" in r for r in read_metrics(workdir))
 
@@ -97,14 +106,14 @@ def run_one(name: str, workdir: Path, *, seed: int, variant: str, steps: int | N
     config.checkpoint_every = config.total_steps  # one checkpoint, at the end
     config.keep_checkpoints = 1
   steps = int(config.total_steps)
-  if _finished(workdir, steps):
+  if _finished(workdir, steps, variant, int(config.eval_every)):
     return json.loads((workdir / "run.json").read_text()) if (
         workdir / "run.json").exists() else {"mechanism": name, "seed": seed, "steps": steps}
   (workdir / "error.json").unlink(missing_ok=True)
   t0 = time.time()
   result = trainer.train_and_evaluate(config, str(workdir))
-  rec = {"mechanism": name, "seed": int(seed), "steps": steps,
-         "wall_s": round(time.time() - t0, 1)}
+  rec = {"mechanism": name, "seed": int(seed), "steps": steps, "variant": variant,
+         "eval_every": int(config.eval_every), "wall_s": round(time.time() - t0, 1)}
   if result.get("status") != "done":  # SIGTERM / Ctrl-C: checkpointed, resumed next time
     raise Stopped(f"{name} seed {seed} stopped at step {result.get('step')}")
   (workdir / "run.json").write_text(json.dumps(rec))
@@ -255,8 +264,7 @@ def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str
   cmap = plt.get_cmap("tab20")
   for i, r in enumerate(pick):
     c = r["curve"]
-    ax.plot(c["step"], c["mean"], color=cmap(i % 20), lw=2.2 if r["mechanism"] == "softmax"
-            else 1.3, ls="-" if r["mechanism"] in highlight else "--",
+    ax.plot(c["step"], c["mean"], color=cmap(i % 20), lw=2.2 if i == 0 else 1.3, ls="-" if r["mechanism"] in highlight else "--",
             label=f"{r['mechanism']} ({r['mean']:.2f})")
     ax.fill_between(c["step"], c["min"], c["max"], color=cmap(i % 20), alpha=0.15, lw=0)
   ax.set_xlabel("step")
@@ -304,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--shard", default="0/1", help="i/n: run only runs i, i+n, ... of the list")
   p.add_argument("--report_only", action="store_true", help="aggregate what is on disk")
   a = p.parse_args(argv)
+  if a.local and a.config not in ("", "local"):
+    p.error(f"--local and --config {a.config} contradict each other; pass one")
   variant = "local" if a.local else a.config
   try:
     shard, nshards = (int(x) for x in a.shard.split("/"))
@@ -317,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
   if unknown:
     p.error(f"unknown mechanisms {unknown}; known: {known}")
   names = list(a.names) if a.names else ordered(known)
-  steps = a.steps or int(load_config("softmax", variant).total_steps)
+  steps = a.steps or int(load_config(names[0], variant).total_steps)
   root = Path(a.workdir)
   root.mkdir(parents=True, exist_ok=True)
   runs = [(s, n) for s in a.seeds for n in names][shard::nshards]

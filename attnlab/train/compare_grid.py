@@ -61,11 +61,23 @@ def run_one(name: str, seed: int, workdir: Path, *, steps: int, eval_every: int,
     config.log_every = min(config.log_every, eval_every)
     config.checkpoint_every = steps
   t0 = time.time()
-  done = (workdir / "metrics.jsonl").exists() and any(
-      r.get("step") == steps and "eval/accuracy" in r for r in read_metrics(workdir))
+  budget = {"grid": grid, "local": bool(local), "steps": steps, "eval_every": eval_every}
+  marker = workdir / "run.json"
+  done = marker.exists()
+  if done and json.loads(marker.read_text()) != budget:
+    raise ValueError(f"{workdir} holds a finished run of another budget "
+                     f"{json.loads(marker.read_text())}, not {budget}; use another --workdir")
   if not done:
-    shutil.rmtree(workdir, ignore_errors=True)  # a partial run's metrics would mix in
-    trainer.train_and_evaluate(config, str(workdir))
+    # A stopped run of this budget resumes from its checkpoint; anything else starts afresh.
+    if not (workdir / "budget.json").exists() or json.loads(
+        (workdir / "budget.json").read_text()) != budget:
+      shutil.rmtree(workdir, ignore_errors=True)
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "budget.json").write_text(json.dumps(budget))
+    result = trainer.train_and_evaluate(config, str(workdir))
+    if result.get("status") != "done":  # SIGTERM / Ctrl-C: checkpointed, resumed next time
+      raise KeyboardInterrupt(f"{name} seed {seed} stopped at step {result.get('step')}")
+    marker.write_text(json.dumps(budget))
   records = read_metrics(workdir)
   evals = [r for r in records if "eval/accuracy" in r]
   step_times = [r["perf/step_time_s"] for r in records if r.get("perf/step_time_s")]

@@ -104,7 +104,7 @@ def _model_config(config: ConfigDict) -> ConfigDict:
   if cfg.name == "encoder_classifier":
     d = data_lib.resolve_config(config.data)
     if (d.name == "tfds" and d.tfds_format == "classification") or (
-        d.name == "mqar_classification"):
+        d.name in ("mqar_classification", "grid_quadrant")):
       cfg.num_classes = data_lib.num_classes(d)
   return cfg
 

@@ -73,6 +73,20 @@ def test_bad_config_fails_early(key, value, match):
     build_model(cfg, vocab_size=32, rngs=nnx.Rngs(0))
 
 
+def test_rope_scaling_needs_rope_positions_and_a_module_that_takes_it():
+  cfg = tiny_cfg()
+  cfg.position = "learned"
+  cfg.rope_scaling = {"rope_type": "linear", "factor": 2.0}
+  with pytest.raises(ValueError, match="rope_scaling is set but position is 'learned'"):
+    build_model(cfg, vocab_size=32, rngs=nnx.Rngs(0))
+  cfg = tiny_cfg()
+  cfg.position = "rope"
+  cfg.rope_scaling = {"rope_type": "linear", "factor": 2.0}
+  cfg.attention.mechanism = "mixer_fixed"
+  with pytest.raises(ValueError, match="takes no rope_scaling"):
+    build_model(cfg, vocab_size=32, rngs=nnx.Rngs(0))
+
+
 def test_unknown_mechanism_lists_valid_names():
   cfg = tiny_cfg()
   cfg.attention.mechanism = "linear_typo"

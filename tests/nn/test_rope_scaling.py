@@ -98,9 +98,17 @@ def test_module_uses_scaling():
     ({"rope_type": "yarn", "factor": 2.0}, "original_max_position_embeddings"),
     ({"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5},
      "partial_rotary_factor"),
+    ({"rope_type": "default", "partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 64}, "low_freq_factor must be > 0"),
 ])
 def test_bad_scaling_is_refused(spec, match):
   with pytest.raises(ValueError, match=match):
     positions.rope_scaling(spec)
   with pytest.raises(TypeError, match="rope_scaling"):
     positions.rope_scaling([("rope_type", "linear")])
+
+
+def test_non_numeric_scaling_value_is_a_type_error_naming_it():
+  with pytest.raises(TypeError, match="rope_scaling factor must be a number"):
+    positions.rope_scaling({"rope_type": "linear", "factor": "2"})

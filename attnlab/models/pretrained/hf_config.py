@@ -45,6 +45,10 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
                                                      hf.get("rope_theta", 10000.0))))
   spec = scaling or params
   kind = spec.get("rope_type", spec.get("type", "default"))
+  prf = spec.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  if prf not in (None, 1, 1.0):
+    raise ValueError(f"partial_rotary_factor {prf!r} (config.json) is not supported: attnlab's "
+                     "RoPE rotates the whole head dim")
   if kind in (None, "default"):
     return theta, {}
   if kind not in positions_lib.ROPE_SCALING_TYPES:
