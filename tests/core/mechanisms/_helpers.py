@@ -125,7 +125,9 @@ def check_registered(name, kind, fn=None, module=None):
   import attnlab.nn  # pylint: disable=g-import-not-at-top
   assert name in attnlab.list_mechanisms()
   mech = attnlab.get_mechanism(name)
-  assert mech.kind == kind and mech.kernel == "-" and "arXiv" in mech.paper
+  assert mech.kind == kind and "arXiv" in mech.paper
+  # The catalogue's "fused kernel" column: "pallas (...)" exactly when a pallas path exists.
+  assert mech.kernel.startswith("pallas") == ("pallas" in mech.implementations), mech.kernel
   assert mech.complexity.startswith("O(")
   if fn is not None:
     assert mech.implementations["xla"].fn is fn
