@@ -13,8 +13,8 @@ Two levels (``--level``, default both):
 * ``model``: for each registered mechanism (``configs/mechanisms.py:<name>`` with a small
   model: 2 layers, d_model 64, 4 heads, batch 1) and each sequence length (default 1k and
   8k): parameter count, forward+backward FLOPs from XLA's ``cost_analysis`` (loops counted
-  once by XLA, so the chunked path's figure is a lower bound), compiled temporary memory (``memory_analysis``) and
-the median time of a loss+gradient step. One table, one JSON file.
+  once by XLA, so the chunked path's figure is a lower bound), compiled temporary memory
+  (``memory_analysis``) and the median time of a loss+gradient step. One table, one JSON file.
 
 Needs a source checkout (it reads ``configs/mechanisms.py`` beside the package), as after
 the README's ``pip install -e .``.

@@ -264,7 +264,8 @@ def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str
   cmap = plt.get_cmap("tab20")
   for i, r in enumerate(pick):
     c = r["curve"]
-    ax.plot(c["step"], c["mean"], color=cmap(i % 20), lw=2.2 if i == 0 else 1.3, ls="-" if r["mechanism"] in highlight else "--",
+    ax.plot(c["step"], c["mean"], color=cmap(i % 20), lw=2.2 if i == 0 else 1.3,
+            ls="-" if r["mechanism"] in highlight else "--",
             label=f"{r['mechanism']} ({r['mean']:.2f})")
     ax.fill_between(c["step"], c["min"], c["max"], color=cmap(i % 20), alpha=0.15, lw=0)
   ax.set_xlabel("step")
