@@ -24,9 +24,9 @@ Arguments after the colon: ``[<mechanism>][,HxW][,local]``.
   "local"             a tiny smoke-test variant (4 x 4 grid, 1 layer, seconds)
 
 Measured (``results/cpu/grid2d/summary.md``: 400 steps, 3 seeds, on the shared 2-core CPU):
-final eval accuracy softmax 1.000, vmoba 1.000, biformer 0.992 +- 0.009, moba 0.671 +- 0.190, halo 0.380 +- 0.014 (local; its receptive field caps it at 0.625), axial
-0.372 +- 0.024, fit 0.319 +- 0.038. Softmax (``configs/grid2d.py``) reaches 1.000 by step 250 in
-all three seeds.
+final eval accuracy softmax 1.000, vmoba 1.000, biformer 0.992 +- 0.009, moba 0.671 +- 0.190,
+halo 0.380 +- 0.014 (local; its receptive field caps it at 0.625), axial 0.372 +- 0.024, fit
+0.319 +- 0.038. Softmax (``configs/grid2d.py``) reaches 1.000 by step 250 in all three seeds.
 """
 
 import importlib.util
