@@ -26,6 +26,14 @@ training. Arguments after the colon:
                       for the original corpus).
   "repeats_all"       the same with every segment (16-64 bytes) written twice
                       (REPEAT_DIR + "_all"), 3,000 steps.
+  "induction"         the same model on the stdlib windows with two edits made by the data
+                      pipeline (data keys ``bos``, ``repeat_prob``, ``repeat_len``; see
+                      attnlab/data/text.py): every window starts with byte 0 (the corpus's
+                      file separator, used as BOS), and half of the windows hold a random
+                      printable string of 16-64 bytes written twice. The second copy can only
+                      be predicted by copying (the text repeats of "repeats"/"repeats_all"
+                      were mostly predictable without it, and no induction head formed in
+                      3,000 steps of batch 8). Batch 32, 2,000 steps (~16M bytes).
   "local"/"runlocal"  a tiny smoke-test variant (seconds)
 """
 
@@ -74,10 +82,10 @@ def write_repeat_corpus(out_dir: str = REPEAT_DIR, seed: int = 0, *, prob: float
 
 def get_config(arg: str = ""):
   arg = (arg or "").strip()
-  if arg not in ("", "repeats", "repeats_all", "local", "runlocal"):
+  if arg not in ("", "repeats", "repeats_all", "induction", "local", "runlocal"):
     raise ValueError(f"configs/lm_bytes_study.py: unknown argument {arg!r}; use '', "
-                     "'repeats', 'repeats_all' or 'local'")
-  c = _load_sibling("lm_bytes").get_config("" if arg.startswith("repeats") else arg)
+                     "'repeats', 'repeats_all', 'induction' or 'local'")
+  c = _load_sibling("lm_bytes").get_config(arg if arg in ("local", "runlocal") else "")
   if arg in ("local", "runlocal"):
     return c
   c.total_steps = 2400
@@ -97,6 +105,13 @@ def get_config(arg: str = ""):
     c.data.file_pattern = "*.py"
     c.total_steps = 3000
     c.keep_checkpoints = 16
+  if arg == "induction":
+    c.data.bos = 0
+    c.data.repeat_prob = 0.5
+    c.data.repeat_len = (16, 64)
+    c.batch_size = 32
+    c.total_steps = 2000
+    c.keep_checkpoints = 11
   if arg == "repeats":
     c.data.dir = write_repeat_corpus()
     c.data.file_pattern = "*.py"

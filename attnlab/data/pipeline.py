@@ -50,6 +50,11 @@ num_train_examples, num_validation_examples, data_seed as above):
   max_mb                     float, cap on the corpus size in MiB (both splits together)
   validation_fraction        float, fraction of files (by path hash) in "validation"
   separator                  int, byte written after each file
+  bos                        int, byte at position 0 of every window; -1 = none
+  repeat_prob                float, probability that a window holds a random printable
+                             string written twice (in-context copying; see text.py)
+  repeat_len                 (lo, hi), length range of that string
+  repeat_seed                int, seed of those edits
 
 "tfds" (TFDS via tfds.data_source / ArrayRecord, bytes, vocab 256; see tfds_source.py):
   tfds_name                  TFDS name, e.g. "imdb_reviews"
@@ -121,7 +126,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "selective_copying": dict(seq_len=256, vocab_size=16, **_SYNTHETIC,
                               num_tokens_to_copy=16),
     "bytes": dict(seq_len=512, files=(), dir="", file_pattern="", max_mb=32.0,
-                  validation_fraction=0.05, separator=0),
+                  validation_fraction=0.05, separator=0, bos=-1, repeat_prob=0.0,
+                  repeat_len=(16, 64), repeat_seed=0),
     "tfds": dict(seq_len=512, tfds_name="imdb_reviews", tfds_train_split="train",
                  tfds_validation_split="test", data_dir="",
                  tfds_format="classification", text_key="text",
@@ -239,7 +245,8 @@ def source_dataset(cfg: ml_collections.ConfigDict | Mapping[str, Any],
         split, seq_len=cfg.seq_len, files=tuple(cfg.files) or None,
         directory=cfg.dir or None, file_pattern=cfg.file_pattern or None,
         max_mb=cfg.max_mb, validation_fraction=cfg.validation_fraction,
-        separator=cfg.separator)
+        separator=cfg.separator, bos=cfg.bos, repeat_prob=cfg.repeat_prob,
+        repeat_len=tuple(cfg.repeat_len), repeat_seed=cfg.repeat_seed)
   tfds_split = cfg.tfds_train_split if split == "train" else cfg.tfds_validation_split
   return tfds_source.tfds_dataset(
       cfg.tfds_name, tfds_split, seq_len=cfg.seq_len,

@@ -25,6 +25,18 @@ Examples are windows ``data[i * seq_len : i * seq_len + seq_len + 1]`` for
 ``i < (len(data) - 1) // seq_len`` (stride ``seq_len``): ``inputs = w[:-1]``,
 ``targets = w[1:]`` (int32 [seq_len]), ``weights`` all 1.0 (float32
 [seq_len]). Only the requested split's files are read; nothing is cached.
+
+Two optional window edits (``byte_lm_dataset``/``ByteWindowSource`` arguments, data config
+keys of the same name), made for studying in-context copying (induction heads, Olsson et al.
+arXiv 2209.11895) and first-token attention sinks (Xiao et al. arXiv 2309.17453):
+
+* ``bos`` (>= 0): every window starts with this byte, ``w = [bos] + data[start : start +
+  seq_len]``, so position 0 is the same token in every example (the tokenizers' BOS).
+* ``repeat_prob`` (> 0): with this probability per window, a string ``r`` of ``L`` random
+  printable bytes (32..126, ``L`` uniform in ``repeat_len = (lo, hi)``) is written twice in a
+  row at a random position after the BOS (``w[p : p + 2L] = r r``), so the second copy can
+  only be predicted by copying from context. Drawn from ``(repeat_seed, split, index)``:
+  deterministic, and the same window always gets the same edit.
 """
 
 from __future__ import annotations
@@ -199,8 +211,25 @@ class ByteWindowSource:
   seq_len + 1]``.
   """
 
-  def __init__(self, data: np.ndarray, seq_len: int):
+  def __init__(self, data: np.ndarray, seq_len: int, *, bos: int = -1,
+               repeat_prob: float = 0.0, repeat_len: Sequence[int] = (16, 64),
+               repeat_seed: int = 0, split: str = "train"):
     self.seq_len = check_int("seq_len", seq_len, minimum=1)
+    self.bos = check_int("bos", bos, minimum=-1, maximum=BYTE_VOCAB_SIZE - 1)
+    self.repeat_prob = check_float("repeat_prob", repeat_prob, minimum=0.0, maximum=1.0)
+    if (not isinstance(repeat_len, Sequence) or isinstance(repeat_len, str)
+        or len(repeat_len) != 2):
+      raise TypeError(f"repeat_len must be a pair (lo, hi), got {repeat_len!r}.")
+    lo = check_int("repeat_len[0]", repeat_len[0], minimum=1)
+    hi = check_int("repeat_len[1]", repeat_len[1], minimum=lo)
+    room = self.seq_len + 1 - (1 if self.bos >= 0 else 0)
+    if self.repeat_prob > 0 and 2 * hi > room:
+      raise ValueError(
+          f"repeat_len[1] must be at most {room // 2} (two copies in a window of "
+          f"{room} text bytes for seq_len={self.seq_len}), got repeat_len={tuple(repeat_len)}.")
+    self.repeat_len = (lo, hi)
+    self.repeat_seed = check_int("repeat_seed", repeat_seed, minimum=0)
+    self._split_id = SPLITS.index(check_choice("split", split, SPLITS))
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 1:
       raise TypeError(
@@ -222,7 +251,20 @@ class ByteWindowSource:
     if not 0 <= index < self.num_windows:
       raise IndexError(f"index must be in [0, {self.num_windows}), got {index}.")
     start = index * self.seq_len
-    window = self.data[start:start + self.seq_len + 1].astype(np.int32)
+    if self.bos >= 0:
+      window = np.concatenate([[self.bos], self.data[start:start + self.seq_len]])
+      window = window.astype(np.int32)
+    else:
+      window = self.data[start:start + self.seq_len + 1].astype(np.int32)
+    if self.repeat_prob > 0:
+      rng = np.random.default_rng((self.repeat_seed, self._split_id, index))
+      if rng.random() < self.repeat_prob:
+        length = int(rng.integers(self.repeat_len[0], self.repeat_len[1] + 1))
+        first = 1 if self.bos >= 0 else 0
+        pos = int(rng.integers(first, len(window) - 2 * length + 1))
+        copy = rng.integers(32, 127, size=length)
+        window[pos:pos + length] = copy
+        window[pos + length:pos + 2 * length] = copy
     return {
         "inputs": window[:-1],
         "targets": window[1:],
@@ -231,7 +273,8 @@ class ByteWindowSource:
 
   def __repr__(self) -> str:
     return (f"ByteWindowSource(num_bytes={len(self.data)}, seq_len={self.seq_len}, "
-            f"num_windows={self.num_windows})")
+            f"num_windows={self.num_windows}, bos={self.bos}, repeat_prob={self.repeat_prob}, "
+            f"repeat_len={self.repeat_len})")
 
 
 def byte_lm_dataset(split: str, *, seq_len: int,
@@ -239,10 +282,14 @@ def byte_lm_dataset(split: str, *, seq_len: int,
                     directory: str | os.PathLike | None = None,
                     file_pattern: str | None = None, max_mb: float = 32.0,
                     validation_fraction: float = 0.05,
-                    separator: int = 0) -> grain.MapDataset:
+                    separator: int = 0, bos: int = -1, repeat_prob: float = 0.0,
+                    repeat_len: Sequence[int] = (16, 64),
+                    repeat_seed: int = 0) -> grain.MapDataset:
   """``grain.MapDataset`` of byte LM windows of one split; see the module docstring."""
   data = load_byte_corpus(split, files=files, directory=directory,
                           file_pattern=file_pattern, max_mb=max_mb,
                           validation_fraction=validation_fraction,
                           separator=separator)
-  return grain.MapDataset.source(ByteWindowSource(data, seq_len))
+  return grain.MapDataset.source(ByteWindowSource(
+      data, seq_len, bos=bos, repeat_prob=repeat_prob, repeat_len=repeat_len,
+      repeat_seed=repeat_seed, split=split))

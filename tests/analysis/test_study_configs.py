@@ -39,3 +39,7 @@ def test_lm_bytes_study():
   config_lib.validate_config(mod.get_config("local"))
   with pytest.raises(ValueError, match="unknown argument"):
     mod.get_config("longer")
+  c = mod.get_config("induction")
+  config_lib.validate_config(c)
+  assert (c.data.bos, c.data.repeat_prob, tuple(c.data.repeat_len)) == (0, 0.5, (16, 64))
+  assert (c.model.num_layers, c.model.num_heads, c.batch_size) == (2, 4, 32)

@@ -74,6 +74,19 @@ def test_bytes_pipeline_on_tmp_folder(tmp_path):
   chex.assert_shape([b["inputs"] for b in val], (2, 32))
 
 
+def test_bytes_window_edits_from_the_config(tmp_path):
+  for i in range(12):
+    (tmp_path / f"f{i}.txt").write_text(f"file {i}: " + "lorem ipsum " * 20)
+  cfg = attn_data.default_data_config("bytes")
+  cfg.update(dict(dir=str(tmp_path), seq_len=32, validation_fraction=0.3, bos=0,
+                  repeat_prob=1.0, repeat_len=(4, 6)))
+  batch = next(iter(attn_data.make_dataset(cfg, "train", global_batch_size=4, seed=1)))
+  chex.assert_trees_all_equal(batch["inputs"][:, 0], np.zeros(4, np.int32))
+  for row in batch["inputs"]:  # lorem ipsum has no 4-6 byte string written twice in a row
+    assert any(np.array_equal(row[p:p + n], row[p + n:p + 2 * n])
+               for n in range(4, 7) for p in range(1, 33 - 2 * n))
+
+
 @pytest.mark.parametrize("num_train", [24, 26])
 def test_train_shards_are_disjoint_equal_and_cover(num_train):
   cfg = _mqar_cfg(num_train_examples=num_train)

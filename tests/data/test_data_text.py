@@ -186,3 +186,79 @@ def test_errors(tmp_path):
     text.load_byte_corpus("train", directory=one, files=[str(one / "a.txt")])
   with pytest.raises(TypeError, match="data"):
     text.ByteWindowSource(np.zeros(10, np.int32), 4)
+
+
+def _find_repeat(window, lo, hi):
+  """(p, L) of the first ``w[p:p+L] == w[p+L:p+2L]`` with L in [lo, hi], longest L first."""
+  for length in range(hi, lo - 1, -1):
+    for p in range(len(window) - 2 * length + 1):
+      if np.array_equal(window[p:p + length], window[p + length:p + 2 * length]):
+        return p, length
+  return None
+
+
+def test_bos_windows_cover_the_data():
+  data = np.frombuffer(bytes(range(1, 256)) * 3, dtype=np.uint8)
+  seq_len = 16
+  src = text.ByteWindowSource(data, seq_len, bos=0)
+  targets = []
+  for i in range(len(src)):
+    ex = src[i]
+    assert ex["inputs"][0] == 0
+    chex.assert_trees_all_equal(ex["inputs"][1:], ex["targets"][:-1])
+    targets.append(ex["targets"])
+  # Every byte is predicted once, in order (the BOS takes the place of the previous byte).
+  chex.assert_trees_all_equal(np.concatenate(targets), data[:len(src) * seq_len])
+
+
+def test_repeat_edit_writes_a_printable_string_twice():
+  rng = np.random.default_rng(1)
+  data = rng.integers(128, 256, size=8000).astype(np.uint8)   # never printable ASCII
+  seq_len, lo, hi = 128, 8, 24
+  plain = text.ByteWindowSource(data, seq_len, bos=7)
+  src = text.ByteWindowSource(data, seq_len, bos=7, repeat_prob=1.0, repeat_len=(lo, hi),
+                              repeat_seed=3)
+  lengths = set()
+  for i in range(len(src)):
+    before = np.concatenate([plain[i]["inputs"], plain[i]["targets"][-1:]])
+    after = np.concatenate([src[i]["inputs"], src[i]["targets"][-1:]])
+    changed = np.flatnonzero(before != after)
+    p, length = _find_repeat(after, lo, hi)
+    lengths.add(length)
+    assert after[0] == 7 and p >= 1
+    assert np.all((after[p:p + 2 * length] >= 32) & (after[p:p + 2 * length] < 127))
+    # Only the two copies changed; the rest of the window is the corpus.
+    assert changed.min() >= p and changed.max() < p + 2 * length
+    chex.assert_trees_all_equal(src[i]["inputs"], src[i]["inputs"])
+  assert len(lengths) > 3 and min(lengths) >= lo and max(lengths) <= hi
+  other = text.ByteWindowSource(data, seq_len, bos=7, repeat_prob=1.0, repeat_len=(lo, hi),
+                                repeat_seed=4)
+  assert any(not np.array_equal(src[i]["inputs"], other[i]["inputs"]) for i in range(5))
+  again = text.ByteWindowSource(data, seq_len, bos=7, repeat_prob=1.0, repeat_len=(lo, hi),
+                                repeat_seed=3)
+  chex.assert_trees_all_equal(src[2], again[2])
+
+
+def test_repeat_prob_is_the_fraction_of_edited_windows():
+  data = np.full(64 * 801, 200, dtype=np.uint8)
+  src = text.ByteWindowSource(data, 64, repeat_prob=0.3, repeat_len=(4, 8))
+  edited = sum(bool(np.any(src[i]["inputs"] != 200)) for i in range(len(src)))
+  # 800 Bernoulli(0.3) draws: mean 240, std 13; 5 std either side.
+  assert 175 < edited < 305, edited
+  val = text.ByteWindowSource(data, 64, repeat_prob=0.3, repeat_len=(4, 8),
+                              split="validation")
+  assert any(not np.array_equal(src[i]["inputs"], val[i]["inputs"]) for i in range(20))
+
+
+def test_window_edit_errors():
+  data = np.zeros(100, np.uint8)
+  with pytest.raises(ValueError, match="bos"):
+    text.ByteWindowSource(data, 8, bos=256)
+  with pytest.raises(ValueError, match="repeat_prob"):
+    text.ByteWindowSource(data, 8, repeat_prob=1.5)
+  with pytest.raises(ValueError, match=r"repeat_len\[1\] must be at most 4"):
+    text.ByteWindowSource(data, 8, bos=0, repeat_prob=0.5, repeat_len=(2, 5))
+  with pytest.raises(TypeError, match="repeat_len"):
+    text.ByteWindowSource(data, 8, repeat_prob=0.5, repeat_len=3)
+  with pytest.raises(ValueError, match="split"):
+    text.ByteWindowSource(data, 8, split="test")
