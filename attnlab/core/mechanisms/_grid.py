@@ -98,10 +98,23 @@ def mask_for_batch(mask: masks_lib.Mask | None, bi: Array, batch: int):
     return mask
 
   def take(x):
+    if isinstance(x, masks_lib.FunctionMask):
+      return _function_mask_at(x, bi)
     if hasattr(x, "shape") and getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch:
       return jax.lax.dynamic_slice_in_dim(jnp.asarray(x), bi, 1, axis=0)
     return x
-  return jax.tree.map(take, mask)
+  return jax.tree.map(take, mask, is_leaf=lambda x: isinstance(x, masks_lib.FunctionMask))
+
+
+def _function_mask_at(mask: masks_lib.FunctionMask, bi: Array) -> masks_lib.FunctionMask:
+  """A batch-1 FunctionMask that evaluates ``mask``'s function at batch index ``bi``: its
+  function reads the batch index (document ids of example ``b``), and the arrays it closes
+  over, concrete or traced, keep their batch axis."""
+  if mask.batch_size is None:
+    return mask
+  bi = jnp.asarray(bi, jnp.int32)
+  fn = lambda b, h, q, k: mask.evaluate_at(jnp.zeros_like(b) + bi, q, k)  # noqa: E731
+  return masks_lib.FunctionMask(fn, q_offset=mask.q_offset)
 
 
 def allowed_at(mask: masks_lib.Mask | None, q_idx: Array, k_pos: Array) -> Array | None:
