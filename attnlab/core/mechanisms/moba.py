@@ -313,16 +313,18 @@ def _fold_mask(mask: masks_lib.Mask | None, batch: int, heads: int):
     return mask
 
   def rep(x):
+    if isinstance(x, masks_lib.FunctionMask):
+      return _fold_function_mask(x, batch, heads)
     if getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch:
       return jnp.repeat(x, heads, axis=0)
     return x
-  return jax.tree.map(rep, mask)
+  return jax.tree.map(rep, mask, is_leaf=lambda x: isinstance(x, masks_lib.FunctionMask))
 
 
-def _has_function_mask(mask: Any) -> bool:
-  if isinstance(mask, (masks_lib.And, masks_lib.Or)):
-    return _has_function_mask(mask.a) or _has_function_mask(mask.b)
-  return isinstance(mask, masks_lib.FunctionMask)
+def _fold_function_mask(mask: masks_lib.FunctionMask, batch: int, heads: int):
+  """``mask`` over the folded batch: folded index ``b * heads + h`` reads example ``b``."""
+  fn = lambda b, h, q, k: mask.evaluate_at(b // heads, q, k)  # noqa: E731
+  return masks_lib.FunctionMask(fn, q_offset=mask.q_offset).bind_batch(batch * heads)
 
 
 def _tile_path(q, k, v, implementation: str, *, mask, scale, softcap, q_offset, head_mask,
@@ -334,8 +336,6 @@ def _tile_path(q, k, v, implementation: str, *, mask, scale, softcap, q_offset, 
                                                      head_mask)
   b, tq, h, _ = q.shape
   tk = k.shape[1]
-  if mask is not None and h > 1 and b > 1 and _has_function_mask(mask):  # batch index
-    raise ValueError(f"moba routing='block' on {implementation!r}: {_FUNCTION_MASK}")
   selected = moba_block_route(q, k, mask, block_size, top_k, q_offset)
   states = block_tile_states(selected, tq, tk, block_size)
   qf, kf, vf = _fold_heads(q, h), _fold_heads(k, h), _fold_heads(v, h)
@@ -395,10 +395,6 @@ _TOKEN_ON_KERNELS = ("routing='token' (one selection per query) needs a per-row 
                      "of key blocks); use implementation='chunked' or 'xla'")
 
 
-_FUNCTION_MASK = ("a FunctionMask cannot follow the heads folded into the batch (its batch "
-                  "index would change); use implementation='xla'")
-
-
 def _tile_refusal(call: dict[str, Any]) -> str | None:
   """Why the block-routed tile path cannot take ``call`` (None: it can)."""
   bs = call.get("block_size", 64)
@@ -408,11 +404,6 @@ def _tile_refusal(call: dict[str, Any]) -> str | None:
   if not _aligned(q_offset, int(bs)):
     return (f"routing='block' needs a static q_offset that is a multiple of block_size "
             f"({bs})")
-  mask = call.get("mask")
-  q = call.get("q")
-  if (mask is not None and _has_function_mask(mask) and q is not None and q.shape[2] > 1
-      and q.shape[0] > 1):
-    return _FUNCTION_MASK
   from attnlab.core import chunked  # pylint: disable=g-import-not-at-top
   return chunked.forward_mode_reason({n: call.get(n) for n in ("q", "k", "v", "q_offset")})
 

@@ -266,6 +266,40 @@ def test_block_routing_with_a_function_mask_single_example():
   assert_close(got, naive_attention(q, k, v, allowed))
 
 
+def test_block_routing_with_a_per_example_function_mask():
+  """A FunctionMask whose document ids differ per example, with batch 2 and 4 heads folded
+  into the batch: each (example, head) reads its own example's ids (chunked and pallas
+  values; chunked gradients with the ids traced). Reference: the naive router per example with that example's documents."""
+  q, k, v = qkv(81, b=2, t=48, d=8)
+  docs = np.stack([np.arange(48) // 20, np.arange(48) // 12])
+  ids = jnp.asarray(docs)
+  mask = masks.FunctionMask(lambda b, h, qi, ki: ids[b, qi] == ids[b, ki])
+  allowed = []
+  for bi in range(2):
+    same_doc = docs[bi][:, None] == docs[bi][None, :]
+    sel = naive_block_select(q[bi:bi + 1], k[bi:bi + 1], 16, 2, causal=True,
+                             visible=same_doc)
+    allowed.append(naive_block_allowed(sel, 48, 48, 16, causal=True)[0] & same_doc)
+  allowed = np.stack(allowed)
+  assert not np.array_equal(allowed[0], allowed[1])
+  for impl in ("chunked", "pallas"):
+    got = fast_jit(lambda q, k, v: run(impl, q, k, v, mask=mask & masks.CausalMask(),
+                                       block_size=16, top_k=2, routing="block"),
+                   q, k, v)(q, k, v)
+    assert_close(got, naive_attention(q, k, v, allowed))
+
+  def traced(q, k, v, ids):  # the ids a jit argument (traced inside the custom_vjp)
+    fm = masks.FunctionMask(lambda b, h, qi, ki: ids[b, qi] == ids[b, ki])
+    return run("chunked", q, k, v, mask=fm & masks.CausalMask(), block_size=16, top_k=2,
+               routing="block")
+  ct = jnp.asarray(rand(*q.shape, seed=99))
+  grads = lambda f, *a: jax.grad(lambda q, k, v: jnp.sum(f(q, k, v, *a) * ct), (0, 1, 2))
+  got = fast_jit(lambda q, k, v, i: grads(traced, i)(q, k, v), q, k, v, ids)(q, k, v, ids)
+  want = jax.jit(grads(lambda q, k, v: naive_attention(q, k, v, allowed)))(q, k, v)
+  for a, b in zip(got, want):
+    assert_close(a, b)
+
+
 # The offset enters through the shared router and tile states (checked on pallas) and the
 # mask; the chunked case adds only a compile, so it runs in the slow suite.
 @pytest.mark.parametrize("impl", (pytest.param("chunked", marks=pytest.mark.slow), "pallas"))
