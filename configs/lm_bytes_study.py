@@ -26,14 +26,18 @@ training. Arguments after the colon:
                       for the original corpus).
   "repeats_all"       the same with every segment (16-64 bytes) written twice
                       (REPEAT_DIR + "_all"), 3,000 steps.
-  "induction"         the same model on the stdlib windows with two edits made by the data
-                      pipeline (data keys ``bos``, ``repeat_prob``, ``repeat_len``; see
-                      attnlab/data/text.py): every window starts with byte 0 (the corpus's
-                      file separator, used as BOS), and half of the windows hold a random
-                      printable string of 16-64 bytes written twice. The second copy can only
-                      be predicted by copying (the text repeats of "repeats"/"repeats_all"
-                      were mostly predictable without it, and no induction head formed in
-                      3,000 steps of batch 8). Batch 32, 2,000 steps (~16M bytes).
+  "induction"         the same model on stdlib windows of 64 bytes with two edits made by
+                      the data pipeline (data keys ``bos``, ``repeat_prob``, ``repeat_len``;
+                      see attnlab/data/text.py): every window starts with byte 0 (the
+                      corpus's file separator, used as BOS), and every window holds a random
+                      printable string of 8-24 bytes written twice (~25% of the bytes are a
+                      second copy, predictable only by copying; the text repeats of
+                      "repeats"/"repeats_all" were mostly predictable without it). Batch 64,
+                      3,000 steps (~12M bytes), checkpoints every 250; max_len 256, so that
+                      the analysis can run on longer inputs (RoPE). Windows of 256 bytes
+                      formed no induction head in 2,000 steps of batch 32 (half of the
+                      windows with a 16-64-byte repeat) nor in 1,750 steps (every window
+                      with a 32-112-byte repeat): results/cpu/analysis/NOTES.md.
   "local"/"runlocal"  a tiny smoke-test variant (seconds)
 """
 
@@ -107,11 +111,13 @@ def get_config(arg: str = ""):
     c.keep_checkpoints = 16
   if arg == "induction":
     c.data.bos = 0
-    c.data.repeat_prob = 0.5
-    c.data.repeat_len = (16, 64)
-    c.batch_size = 32
-    c.total_steps = 2000
-    c.keep_checkpoints = 11
+    c.data.seq_len = 64
+    c.data.repeat_prob = 1.0
+    c.data.repeat_len = (8, 24)
+    c.batch_size = 64
+    c.total_steps = 3000
+    c.checkpoint_every = 250
+    c.keep_checkpoints = 12
   if arg == "repeats":
     c.data.dir = write_repeat_corpus()
     c.data.file_pattern = "*.py"

@@ -41,5 +41,6 @@ def test_lm_bytes_study():
     mod.get_config("longer")
   c = mod.get_config("induction")
   config_lib.validate_config(c)
-  assert (c.data.bos, c.data.repeat_prob, tuple(c.data.repeat_len)) == (0, 0.5, (16, 64))
-  assert (c.model.num_layers, c.model.num_heads, c.batch_size) == (2, 4, 32)
+  assert (c.data.bos, c.data.repeat_prob, tuple(c.data.repeat_len)) == (0, 1.0, (8, 24))
+  assert (c.model.num_layers, c.model.num_heads, c.batch_size) == (2, 4, 64)
+  assert (c.data.seq_len, c.model.max_len) == (64, 256)

@@ -1,11 +1,13 @@
 """Induction and sink scores of every checkpoint of the study byte LM (one process).
 
-  python results/cpu/analysis/lm_steps.py /tmp/lm_study [NAME]
+  python results/cpu/analysis/lm_steps.py /tmp/lm_study [NAME [SEQ_LEN]]
 
 For each checkpoint step of the workdir (skipping steps already done) runs, with the analysis
-CLI, into results/cpu/analysis/NAME/steps/<step>/ (NAME: default lm_bytes_study):
-  induction                 16 x [BOS, r, r], r 64 random printable ASCII bytes (32..126);
-  induction_repeated_data   16 x [BOS, w, w], w the first 64 bytes of validation windows;
+CLI, into results/cpu/analysis/NAME/steps/<step>/ (NAME: default lm_bytes_study; SEQ_LEN:
+default 129, i.e. copies of 64 bytes):
+  induction                 16 x [BOS, r, r], r (SEQ_LEN - 1) / 2 random printable ASCII bytes
+                            (32..126);
+  induction_repeated_data   16 x [BOS, w, w], w the first bytes of validation windows;
   sinks                     on the same random repeated ASCII sequences;
   icl.json                  mean next-byte loss (nats) on the first and on the second copy of
                             [BOS, w, w] (w as above): an induction circuit makes the second
@@ -25,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COMMON = ["--batch", "16", "--seq-len", "129"]
 
 
-def main(workdir: str, name: str = "lm_bytes_study") -> None:
+def main(workdir: str, name: str = "lm_bytes_study", seq_len: str = "129") -> None:
+  COMMON[-1] = str(int(seq_len))
   ckpts = os.path.join(workdir, "checkpoints")
   steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
   for step in steps:
@@ -68,4 +71,4 @@ def icl(workdir: str, step: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:3])
+  main(*sys.argv[1:4])

@@ -5,7 +5,8 @@
 * mqar_study/ablation_curves.png: recall accuracy with the k top-ranked / k bottom-ranked /
   k random heads zero-ablated (``accuracy_without_*_k_heads`` of each retrieval.json), one
   panel per model;
-* <run>/induction_over_training.png for run in lm_bytes_study, lm_bytes_study_repeats(_all): the
+* <run>/induction_over_training.png for run in lm_bytes_study, lm_bytes_study_repeats(_all),
+  lm_bytes_study_induction: the
   best induction score and mean first-token attention per checkpoint
   (``<run>/steps/<step>/*.json``, written by lm_steps.py).
 """
@@ -75,7 +76,9 @@ def induction_over_training(run: str) -> None:
   for name, values in series.items():
     ax.plot(steps, values, "o-", ms=3, label=labels[name])
   ax.set_xlabel("training step")
-  ax.set_ylim(0, 1.02)
+  lowest = min((v for vs in series.values() for v in vs if v == v), default=0.0)
+  ax.set_ylim(bottom=min(0.0, lowest - 0.05))
+  ax.axhline(0.0, color="gray", lw=0.6)
   ax.legend(fontsize=7)
   ax.set_title(run, fontsize=9)
   fig.tight_layout()
@@ -85,5 +88,6 @@ def induction_over_training(run: str) -> None:
 
 if __name__ == "__main__":
   ablation_curves()
-  for name in ("lm_bytes_study", "lm_bytes_study_repeats", "lm_bytes_study_repeats_all"):
+  for name in ("lm_bytes_study", "lm_bytes_study_repeats", "lm_bytes_study_repeats_all",
+               "lm_bytes_study_induction"):
     induction_over_training(name)
