@@ -207,8 +207,12 @@ class ByteWindowSource:
   """Random-access LM windows over a uint8 array.
 
   ``source[i]`` = ``{"inputs": int32 [seq_len], "targets": int32 [seq_len],
-  "weights": float32 [seq_len] (ones)}`` from ``data[i * seq_len : (i + 1) *
-  seq_len + 1]``.
+  "weights": float32 [seq_len] (ones)}`` from the window ``w = data[i * seq_len : (i + 1) *
+  seq_len + 1]`` (``inputs = w[:-1]``, ``targets = w[1:]``), or with ``bos >= 0``
+  ``w = [bos] + data[i * seq_len : (i + 1) * seq_len]``. ``repeat_prob``, ``repeat_len``
+  and ``repeat_seed``: the repeat edit of the module docstring, drawn from ``(repeat_seed,
+  split, i)``, so a window gets the same edit in every epoch (pass the ``split`` the data
+  comes from, so that validation edits differ from the train ones).
   """
 
   def __init__(self, data: np.ndarray, seq_len: int, *, bos: int = -1,

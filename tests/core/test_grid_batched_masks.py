@@ -1,8 +1,9 @@
-"""Block-sparse / gathered ("chunked") grid paths (``core/mechanisms/_grid.py``: axial,
-biformer, halo, vmoba, MoBA token routing) with a FunctionMask that differs per batch element:
-each example must get its own mask. Reference: the mechanism's "xla" implementation, which
-evaluates the mask densely over the whole batch (``FunctionMask.allowed``, checked against
-numpy in test_masks.py). Document ids are a concrete numpy array closed over by the mask
+"""The routed block-sparse ("chunked") paths of ``core/mechanisms/_grid.py`` (biformer, vmoba,
+MoBA token routing), which evaluate the mask one batch element at a time
+(``_grid.mask_for_batch``), with a FunctionMask that differs per batch element: each example
+must get its own mask (axial and halo evaluate it over the whole batch and are not at risk).
+Reference: the mechanism's "xla" implementation, which evaluates the mask densely over the
+whole batch (``FunctionMask.allowed``, checked against numpy in test_masks.py). Document ids are a concrete numpy array closed over by the mask
 function, the case that used to evaluate batch 0's mask for every example."""
 
 import jax
@@ -13,25 +14,10 @@ import pytest
 import attnlab
 from attnlab import masks
 
-from contract import FAST_COMPILE, Geometry, make_qkv, pair_geometry
+from contract import FAST_COMPILE, make_qkv, pair_geometry
 from numeric_checks import assert_close
 
-GRID_MECHANISMS = ("axial", "biformer", "halo", "vmoba", "moba")
-
-
-def _call(mechanism):
-  """``(geometry, hyperparameters)``: the contract geometry, or a 6 x 4 grid for the
-  mechanisms that need one."""
-  if mechanism not in ("axial", "halo"):
-    g, _ = pair_geometry(mechanism, "chunked")
-    return g.replace(b=2, tk=g.tq), {}  # the gathered path is a full pass: Tq == Tk
-  g = Geometry(b=2, tq=24, tk=24, h=2, kh=1, d=8)
-  if mechanism == "axial":
-    return g, dict(grid_shape=(6, 4), axis=-1)
-  rng = np.random.RandomState(0)
-  rels = tuple(jnp.asarray(0.5 * rng.standard_normal((5, g.h, g.d)), jnp.float32)
-               for _ in range(2))
-  return g, dict(grid_shape=(6, 4), block_size=2, halo=1, rel_tables=rels)
+GRID_MECHANISMS = ("biformer", "vmoba", "moba")
 
 
 def _docs(b, t):
@@ -41,11 +27,12 @@ def _docs(b, t):
 
 @pytest.mark.parametrize("mechanism", GRID_MECHANISMS)
 def test_each_example_gets_its_own_function_mask(mechanism):
-  g, kw = _call(mechanism)
+  g, _ = pair_geometry(mechanism, "chunked")
+  g = g.replace(b=2, tk=g.tq)  # the routed path is a full pass: Tq == Tk
   q, k, v = make_qkv(g, seed=3)
   docs = jnp.asarray(_docs(g.b, g.tq))
   mask = masks.FunctionMask(lambda b, h, qi, ki: docs[b, qi] == docs[b, ki])
   run = lambda impl: jax.jit(lambda q, k, v: attnlab.attention(  # noqa: E731
-      q, k, v, mechanism=mechanism, implementation=impl, mask=mask & masks.CausalMask(),
-      **kw), compiler_options=FAST_COMPILE)(q, k, v)
+      q, k, v, mechanism=mechanism, implementation=impl, mask=mask & masks.CausalMask()),
+      compiler_options=FAST_COMPILE)(q, k, v)
   assert_close(run("chunked"), run("xla"))

@@ -82,9 +82,11 @@ def test_bytes_window_edits_from_the_config(tmp_path):
                   repeat_prob=1.0, repeat_len=(4, 6)))
   batch = next(iter(attn_data.make_dataset(cfg, "train", global_batch_size=4, seed=1)))
   chex.assert_trees_all_equal(batch["inputs"][:, 0], np.zeros(4, np.int32))
-  for row in batch["inputs"]:  # lorem ipsum has no 4-6 byte string written twice in a row
-    assert any(np.array_equal(row[p:p + n], row[p + n:p + 2 * n])
-               for n in range(4, 7) for p in range(1, 33 - 2 * n))
+  for inputs, targets in zip(batch["inputs"], batch["targets"]):
+    window = np.concatenate([inputs, targets[-1:]])  # the 33 bytes the edit is written into
+    # lorem ipsum has no 4-6 byte string written twice in a row
+    assert any(np.array_equal(window[p:p + n], window[p + n:p + 2 * n])
+               for n in range(4, 7) for p in range(1, 34 - 2 * n))
 
 
 @pytest.mark.parametrize("num_train", [24, 26])

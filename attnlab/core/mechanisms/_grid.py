@@ -113,8 +113,11 @@ def _function_mask_at(mask: masks_lib.FunctionMask, bi: Array) -> masks_lib.Func
   if mask.batch_size is None:
     return mask
   bi = jnp.asarray(bi, jnp.int32)
-  fn = lambda b, h, q, k: mask.evaluate_at(jnp.zeros_like(b) + bi, q, k)  # noqa: E731
-  return masks_lib.FunctionMask(fn, q_offset=mask.q_offset)
+
+  def at_bi(b, h, q, k):
+    del h
+    return mask.evaluate_at(jnp.zeros_like(b) + bi, q, k)
+  return masks_lib.FunctionMask(at_bi, q_offset=mask.q_offset)
 
 
 def allowed_at(mask: masks_lib.Mask | None, q_idx: Array, k_pos: Array) -> Array | None:

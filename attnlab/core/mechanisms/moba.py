@@ -321,10 +321,17 @@ def _fold_mask(mask: masks_lib.Mask | None, batch: int, heads: int):
   return jax.tree.map(rep, mask, is_leaf=lambda x: isinstance(x, masks_lib.FunctionMask))
 
 
-def _fold_function_mask(mask: masks_lib.FunctionMask, batch: int, heads: int):
-  """``mask`` over the folded batch: folded index ``b * heads + h`` reads example ``b``."""
-  fn = lambda b, h, q, k: mask.evaluate_at(b // heads, q, k)  # noqa: E731
-  return masks_lib.FunctionMask(fn, q_offset=mask.q_offset).bind_batch(batch * heads)
+def _fold_function_mask(mask: masks_lib.FunctionMask, batch: int,
+                        heads: int) -> masks_lib.FunctionMask:
+  """``mask`` over the folded batch: folded index ``b * heads + h`` reads example ``b`` (a mask
+  not bound to a batch is the same for every example and is returned as it is)."""
+  if mask.batch_size is None:
+    return mask
+
+  def folded(b, h, q, k):
+    del h
+    return mask.evaluate_at(b // heads, q, k)
+  return masks_lib.FunctionMask(folded, q_offset=mask.q_offset).bind_batch(batch * heads)
 
 
 def _tile_path(q, k, v, implementation: str, *, mask, scale, softcap, q_offset, head_mask,

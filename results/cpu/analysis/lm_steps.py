@@ -24,18 +24,15 @@ import sys
 from attnlab.analysis import __main__ as cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMON = ["--batch", "16", "--seq-len", "129"]
-
-
 def main(workdir: str, name: str = "lm_bytes_study", seq_len: str = "129") -> None:
-  COMMON[-1] = str(int(seq_len))
+  common = ["--batch", "16", "--seq-len", str(int(seq_len))]
   ckpts = os.path.join(workdir, "checkpoints")
   steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
   for step in steps:
     out = os.path.join(HERE, name, "steps", str(step))
     if os.path.exists(os.path.join(out, "sinks.json")):
       continue
-    src = ["--workdir", workdir, "--step", str(step), "--out", out] + COMMON
+    src = ["--workdir", workdir, "--step", str(step), "--out", out] + common
     cli.main(["induction", *src, "--inputs", "repeated", "--token-range", "32,127"])
     cli.main(["induction", *src, "--inputs", "repeated-data", "--out", out + "_data"])
     png = os.path.join(out, "induction_repeated_data.png")
@@ -46,15 +43,15 @@ def main(workdir: str, name: str = "lm_bytes_study", seq_len: str = "129") -> No
       json.dump(record, f, indent=1)
     shutil.rmtree(out + "_data")
     cli.main(["sinks", *src, "--inputs", "repeated", "--token-range", "32,127"])
-    icl(workdir, step, out)
+    icl(workdir, step, out, common)
 
 
-def icl(workdir: str, step: int, out: str) -> None:
+def icl(workdir: str, step: int, out: str, common: list[str]) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from attnlab import analysis  # pylint: disable=g-import-not-at-top
   from attnlab.analysis import loading  # pylint: disable=g-import-not-at-top
   args = cli._parser().parse_args(  # pylint: disable=protected-access
-      ["induction", "--workdir", workdir, *COMMON, "--inputs", "repeated-data"])
+      ["induction", "--workdir", workdir, *common, "--inputs", "repeated-data"])
   model, info = loading.load_workdir(workdir, step=step)
   tokens, targets, _, what = cli._inputs(model, info, args)  # pylint: disable=protected-access
   half = (tokens.shape[1] - 1) // 2

@@ -269,7 +269,8 @@ def test_block_routing_with_a_function_mask_single_example():
 def test_block_routing_with_a_per_example_function_mask():
   """A FunctionMask whose document ids differ per example, with batch 2 and 4 heads folded
   into the batch: each (example, head) reads its own example's ids (chunked and pallas
-  values; chunked gradients with the ids traced). Reference: the naive router per example with that example's documents."""
+  values; chunked gradients with the ids traced). Reference: the naive router per example
+  with that example's documents."""
   q, k, v = qkv(81, b=2, t=48, d=8)
   docs = np.stack([np.arange(48) // 20, np.arange(48) // 12])
   ids = jnp.asarray(docs)
