@@ -212,3 +212,32 @@ def test_bad_input():
     linear_attention(q, k, v, initial_state=jnp.zeros((B, H, DK, DV + 1)))
   with pytest.raises(ValueError, match="chunk_size must be a positive int"):
     linear_attention(q, k, v, chunk_size=0)
+
+
+@pytest.mark.parametrize("c", [5, 37])  # padded to 8 and 64 blocks
+def test_unit_lower_solve_by_blocks_vs_numpy(c):
+  """The WY form's solve (``forms._unit_lower_solve``, block inverse) against numpy's dense
+  solve in float64: values, and gradients against ``jnp.linalg.solve`` on the dense matrix.
+  The program has no ``triangular_solve`` (jaxlib's CPU LAPACK solve can deadlock when two
+  run at once on a small thread pool; see the function's docstring)."""
+  from attnlab.core.linear import forms  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(c)
+  a = jnp.asarray(np.tril(rng.uniform(-1, 1, (2, c, c)), -1), jnp.float32)
+  beta = jnp.asarray(rng.uniform(0, 1, (2, c)), jnp.float32)
+  rhs = jnp.asarray(rng.standard_normal((2, c, 3)), jnp.float32)
+  m = np.eye(c) + np.asarray(beta, np.float64)[..., None] * np.asarray(a, np.float64)
+  want = np.linalg.solve(m, np.asarray(beta, np.float64)[..., None] * np.asarray(rhs, np.float64))
+  np.testing.assert_allclose(forms._unit_lower_solve(a, beta, rhs), want, rtol=1e-5, atol=1e-5)
+
+  def dense(a, beta, rhs):
+    mat = jnp.eye(c) + beta[..., None] * jnp.tril(a, -1)
+    return jnp.linalg.solve(mat, beta[..., None] * rhs)
+  loss = lambda f: lambda *x: jnp.sum(jnp.sin(f(*x)))  # noqa: E731
+  got = jax.grad(loss(forms._unit_lower_solve), (0, 1, 2))(a, beta, rhs)
+  ref = jax.grad(loss(dense), (0, 1, 2))(a, beta, rhs)
+  got = (jnp.tril(got[0], -1),) + got[1:]  # only the strictly lower part of `a` is read
+  ref = (jnp.tril(ref[0], -1),) + ref[1:]
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-5)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss(forms._unit_lower_solve), (0, 1, 2)))(a, beta, rhs))
+  assert "triangular_solve" not in jaxpr

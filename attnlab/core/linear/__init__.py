@@ -24,6 +24,8 @@ Forms (``form=``), equal up to float rounding (tests/core/test_linear_forms.py):
   ``U = T_c (V - diag(exp L) K S)``, ``T_c = (I + diag(beta) A)^-1 diag(beta)``; after
   "Parallelizing Linear Transformers with the Delta Rule over Sequence Length", arXiv
   2406.06484). T need not be a multiple of C (zero padding leaves the state unchanged).
+  The unit-lower-triangular inverse is built by 2x2 blocks in ``log2 C`` rounds of batched
+  matmuls (not LAPACK's solve, which can deadlock on CPU; ``forms._unit_lower_inverse``).
 * ``"recurrent"``: one state update per step (``lax.scan``); ``step`` is one update, the
   decode path of the NNX modules (state O(1) in sequence length).
 

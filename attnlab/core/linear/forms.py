@@ -8,6 +8,7 @@ float32 arrays with ``g [B, H, T, Dk|1]`` the per-step log-decay (``None``: no d
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -44,11 +45,41 @@ def _scores(a: Array, b: Array, w: Array | None, allowed: Array) -> Array:
   return jnp.einsum("...ic,...jc,...ijc->...ij", a, b, w)
 
 
+def _unit_lower_inverse(n: Array) -> Array:
+  """``(I + n)^-1`` for ``n [..., C, C]`` strictly lower triangular, by blocks: the inverse of
+  ``[[A, 0], [M, B]]`` is ``[[A^-1, 0], [-B^-1 M A^-1, B^-1]]``, doubling the block size from
+  1 (a unit diagonal) in ``ceil(log2 C)`` rounds of batched matmuls.
+
+  Written out instead of ``lax.linalg.triangular_solve``: on CPU, jaxlib's batched LAPACK
+  solve splits its batch over the intra-op thread pool and waits for the parts, and two solves
+  run concurrently (the WY form's forward and backward) can occupy every pool thread and wait
+  on each other forever (seen: DeltaNet training hung on a 2-core machine).
+  """
+  c = n.shape[-1]
+  size = 1 << max(c - 1, 0).bit_length()  # the next power of two
+  lead = n.shape[:-2]
+  n = jnp.pad(n, [(0, 0)] * len(lead) + [(0, size - c), (0, size - c)])
+  mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+  inv = jnp.ones(lead + (size, 1, 1), n.dtype)  # `size` diagonal blocks of size 1
+  s = 1
+  while s < size:
+    m = size // (2 * s)
+    blocks = n.reshape(lead + (m, 2, s, m, 2, s))
+    lower = jnp.diagonal(blocks[..., :, 1, :, :, 0, :], axis1=-4, axis2=-2)  # [..., s, s, m]
+    lower = jnp.moveaxis(lower, -1, -3)                                      # [..., m, s, s]
+    a, b = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+    corner = -mm(b, mm(lower, a))
+    top = jnp.concatenate([a, jnp.zeros_like(a)], axis=-1)
+    inv = jnp.concatenate([top, jnp.concatenate([corner, b], axis=-1)], axis=-2)
+    s *= 2
+  return inv[..., 0, :c, :c]
+
+
 def _unit_lower_solve(a_strict: Array, beta: Array, rhs: Array) -> Array:
   """``X`` with ``(I + diag(beta) A) X = diag(beta) rhs``, ``A`` strictly lower triangular."""
-  m = beta[..., :, None] * a_strict + jnp.eye(a_strict.shape[-1], dtype=a_strict.dtype)
-  return jax.lax.linalg.triangular_solve(m, beta[..., :, None] * rhs, left_side=True,
-                                         lower=True, unit_diagonal=True)
+  n = jnp.tril(beta[..., :, None] * a_strict, -1)
+  return jnp.matmul(_unit_lower_inverse(n), beta[..., :, None] * rhs,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def _zero_state(q: Array, v: Array) -> Array:
