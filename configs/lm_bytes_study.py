@@ -36,7 +36,7 @@ training. Arguments after the colon:
                       3,000 steps (~12M bytes), checkpoints every 250; max_len 256, so that
                       the analysis can run on longer inputs (RoPE). Windows of 256 bytes
                       formed no induction head in 2,000 steps of batch 32 (half of the
-                      windows with a 16-64-byte repeat) nor in 1,750 steps (every window
+                      windows with a 16-64-byte repeat) nor in 2,000 steps (every window
                       with a 32-112-byte repeat): results/cpu/analysis/NOTES.md.
   "local"/"runlocal"  a tiny smoke-test variant (seconds)
 """

@@ -51,9 +51,9 @@ def _unit_lower_inverse(n: Array) -> Array:
   1 (a unit diagonal) in ``ceil(log2 C)`` rounds of batched matmuls.
 
   Written out instead of ``lax.linalg.triangular_solve``: on CPU, jaxlib's batched LAPACK
-  solve splits its batch over the intra-op thread pool and waits for the parts, and two solves
-  run concurrently (the WY form's forward and backward) can occupy every pool thread and wait
-  on each other forever (seen: DeltaNet training hung on a 2-core machine).
+  solve splits its batch over the intra-op thread pool and waits for the parts, and two such
+  solves running concurrently can occupy every pool thread and wait on each other forever
+  (seen: DeltaNet training hung on a 2-core machine, both pool threads in the solve).
   """
   c = n.shape[-1]
   size = 1 << max(c - 1, 0).bit_length()  # the next power of two
