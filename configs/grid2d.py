@@ -3,7 +3,8 @@ r"""2D task for the grid mechanisms: "which quadrant holds the patch matching th
   python -m attnlab.train --config configs/grid2d.py --workdir /tmp/grid2d_softmax
   python -m attnlab.train --config configs/grid2d.py:axial --workdir /tmp/grid2d_axial
   python -m attnlab.train --config configs/grid2d.py:local --workdir /tmp/grid2d_smoke
-  python -m attnlab.train.compare_grid --workdir /tmp/grid2d_runs --out results/cpu/grid2d
+  python -m attnlab.train.compare --configs configs/grid2d.py --workdir /tmp/grid2d_runs \
+      --seeds 0 1 2 --out results/cpu/grid2d
 
 Trains an encoder classifier (``model.name = "encoder_classifier"``, ``pooling = "cls"``: the
 class is read from the corner cell, which holds the cue) on the synthetic ``grid_quadrant``
@@ -38,9 +39,12 @@ from attnlab.train.config_lib import base_config
 
 GRID = (8, 8)
 LOCAL_GRID = (4, 4)
-# The mechanisms that python -m attnlab.train.compare_grid trains by default: softmax (dense
-# baseline) and the catalogue's grid-aware / block-routed ones (grid_overrides below).
+# What python -m attnlab.train.compare --configs configs/grid2d.py trains by default: softmax
+# (dense baseline) and the catalogue's grid-aware / block-routed ones (grid_overrides below);
+# all drawn in its curves.png, with the 4-class chance level.
 COMPARE_NAMES = ("softmax", "axial", "biformer", "halo", "vmoba", "fit", "moba")
+COMPARE_HIGHLIGHT = COMPARE_NAMES
+COMPARE_CHANCE = 0.25
 
 # 2D layouts of the grid mechanisms for a (H, W) grid: functions of the grid, since the local
 # variant is smaller. Applied after configs/mechanisms.py's MQAR overrides (which use (-1, 8)).
@@ -94,6 +98,8 @@ def get_config(arg: str = ""):
   grid = LOCAL_GRID if local else GRID
   if sizes:
     grid = tuple(int(n) for n in sizes[0].split("x"))
+    if min(grid) < 4 or any(n % 2 for n in grid):
+      raise ValueError(f"configs/grid2d.py: the grid needs even sides >= 4, got {sizes[0]!r}")
 
   c = base_config()
   c.seed = 0

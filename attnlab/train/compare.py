@@ -1,39 +1,51 @@
-"""Compare mechanisms on MQAR under one budget, over seeds: a table and plots.
+"""Compare mechanisms on one task under one budget, over seeds: a table and plots.
 
   python -m attnlab.train.compare --workdir runs/mqar_compare --config compare \
       --seeds 0 1 2 [--names a b ...] [--out results/cpu/mqar_compare] [--shard 0/2]
   python -m attnlab.train.compare --workdir runs/mqar_compare --config compare \
       --seeds 0 1 2 --report_only --out results/cpu/mqar_compare
+  python -m attnlab.train.compare --configs configs/grid2d.py --workdir runs/grid2d \
+      --seeds 0 1 2 --out results/cpu/grid2d             # the 2D grid task
 
-Each run trains ``configs/mechanisms.py:<name>[,<config>]`` (the MQAR config, or its named
-variant such as ``compare``, plus the catalogue entry's overrides) with ``config.seed = k`` in
-its own ``WORKDIR/<name>/seed<k>``; every run has the same steps, batch and eval schedule
-(``--steps`` / ``--eval_every`` override the config's; ``seed`` sets the initialisation and
-the shuffle order, the examples stay those of ``data.data_seed``). Runs go seed-major (every
-mechanism with the first seed, then the next seed), ``COMPARE_FIRST`` of configs/mechanisms.py
-first, so a stopped comparison still covers every mechanism once. A finished run is not
+The task is a config file (``--configs``, default ``configs/mechanisms.py``: MQAR) whose
+``get_config("<name>[,<config>]")`` builds the run of catalogue entry ``<name>``; ``--config``
+is the variant after the comma (``compare`` / ``local`` for MQAR; ``[HxW][,local]`` for
+``configs/grid2d.py``). The file may also define ``COMPARE_NAMES`` (the default ``--names``;
+else every catalogue entry), ``COMPARE_FIRST`` (run order; the rest sorted),
+``COMPARE_HIGHLIGHT`` (drawn in curves.png) and ``COMPARE_CHANCE`` (a dotted line there): the
+package names no mechanism ("one mechanism, one place").
+
+Each run trains that config with ``config.seed = k`` in its own ``WORKDIR/<name>/seed<k>``;
+every run has the same steps, batch and eval schedule (``--steps`` / ``--eval_every`` override
+the config's; ``seed`` sets the initialisation and the shuffle order, the examples stay those
+of ``data.data_seed``). Runs go seed-major (every mechanism with the first seed, then the next
+seed), so a stopped comparison still covers every mechanism once. A finished run is not
 repeated (``run.json`` marks it) and a stopped one resumes from its checkpoint (one is written
 at the end only). A failing run is recorded in ``error.json`` and reported in the table, not
-fatal. ``--shard i/n`` runs every
-n-th run (start n processes for n workers); ``--report_only`` aggregates what is on disk.
+fatal. ``--shard i/n`` runs every n-th run (start n processes for n workers);
+``--report_only`` aggregates what is on disk.
 
 Writes to ``--out`` (default: WORKDIR): ``summary.json`` (per mechanism: the seeds' final
 accuracies, mean, std, min, max, mean curve with its min-max band), ``final_accuracy.png``
 (sorted bars, whiskers = min-max over seeds), ``curves.png`` (mean eval accuracy vs step of
-the highlighted mechanisms, shaded min-max band) and the table in ``summary.md``: between the
-``<!-- compare:start -->`` / ``<!-- compare:end -->`` markers when the file has them (the
-page's prose is kept), else a new file.
+the highlighted mechanisms and the best others, shaded min-max band) and the table in
+``summary.md``: between the ``<!-- compare:start -->`` / ``<!-- compare:end -->`` markers when
+the file has them (the page's prose is kept), else a new file. ``ms/step`` is the median of a
+run's logged train step times, averaged over seeds; like ``wall s/run`` it is measured on
+whatever else the machine was doing (not a benchmark: ``python -m attnlab.bench``).
 
-Needs a source checkout (it reads ``configs/mechanisms.py`` beside the package), as after
-the README's ``pip install -e .``.
+Needs a source checkout (it reads ``configs/`` beside the package), as after the README's
+``pip install -e .``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
+import statistics
 import sys
 import time
 import traceback
@@ -41,30 +53,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 _CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "mechanisms.py"
-
-# The run order (``COMPARE_FIRST``, then the rest sorted) and the mechanisms drawn in
-# curves.png (``COMPARE_HIGHLIGHT``) live in configs/mechanisms.py beside the overrides: the
-# package names no mechanism ("one mechanism, one place").
 START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 
 
-def _configs_module():
-  spec = importlib.util.spec_from_file_location("attnlab_configs_mechanisms", _CONFIGS)
+@functools.lru_cache(maxsize=None)
+def _configs_module(path: str | Path = _CONFIGS):
+  """The task's config file as a module (``get_config`` and the optional ``COMPARE_*``)."""
+  path = Path(path)
+  if not path.is_file():
+    raise ValueError(f"--configs must be a config file, got {str(path)!r} (not found)")
+  spec = importlib.util.spec_from_file_location(f"attnlab_compare_{path.stem}", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
+  if not callable(getattr(mod, "get_config", None)):
+    raise ValueError(f"--configs {str(path)!r} defines no get_config(arg)")
   return mod
 
 
-def load_config(name: str, variant: str = ""):
-  """``configs/mechanisms.py:<name>[,<variant>]`` (variant: "", "local", "compare")."""
-  return _configs_module().get_config(name + (f",{variant}" if variant else ""))
+def load_config(name: str, variant: str = "", configs: str | Path = _CONFIGS):
+  """``<configs>:<name>[,<variant>]``, e.g. ``configs/mechanisms.py:gla,compare``."""
+  return _configs_module(configs).get_config(name + (f",{variant}" if variant else ""))
 
 
-def ordered(names: Sequence[str], first: Sequence[str] | None = None) -> list[str]:
-  """``names`` with those of ``first`` (default: ``COMPARE_FIRST`` of configs/mechanisms.py)
+def ordered(names: Sequence[str], first: Sequence[str] | None = None,
+            configs: str | Path = _CONFIGS) -> list[str]:
+  """``names`` with those of ``first`` (default: the config file's ``COMPARE_FIRST``)
   first, in that order, then the rest sorted."""
   if first is None:
-    first = getattr(_configs_module(), "COMPARE_FIRST", ())
+    first = getattr(_configs_module(configs), "COMPARE_FIRST", ())
   head = [n for n in first if n in names]
   return head + sorted(set(names) - set(head))
 
@@ -92,10 +108,10 @@ def _finished(workdir: Path, steps: int, variant: str | None = None,
 
 
 def run_one(name: str, workdir: Path, *, seed: int, variant: str, steps: int | None = None,
-            eval_every: int | None = None) -> dict[str, Any]:
+            eval_every: int | None = None, configs: str | Path = _CONFIGS) -> dict[str, Any]:
   """Train one (mechanism, seed) unless ``workdir/run.json`` says it is done; its record."""
   from attnlab.train import trainer
-  config = load_config(name, variant)
+  config = load_config(name, variant, configs)
   with config.unlocked():
     config.seed = int(seed)
     if steps:
@@ -133,11 +149,12 @@ def aggregate(root: Path, names: Sequence[str], seeds: Sequence[int],
               steps: int) -> list[dict[str, Any]]:
   """One row per mechanism from ``root/<name>/seed<k>``: the seeds that finished ``steps``,
   their final eval accuracies, mean / std (population) / min / max, the mean final eval loss,
-  mean wall time, the mean curve with its min-max band, failed and missing seeds."""
+  mean wall time, mean of the runs' median train step times, the mean curve with its min-max
+  band, failed and missing seeds."""
   from attnlab.train.metrics import read_metrics
   rows = []
   for name in names:
-    finals, losses, walls, curves, failed, missing = {}, [], [], [], {}, []
+    finals, losses, walls, step_ms, curves, failed, missing = {}, [], [], [], [], {}, []
     for s in seeds:
       d = root / name / f"seed{s}"
       err = d / "error.json"
@@ -148,6 +165,9 @@ def aggregate(root: Path, names: Sequence[str], seeds: Sequence[int],
         finals[s] = float(final["eval/accuracy"])
         losses.append(float(final["eval/loss"]))
         curves.append(_curve(records))
+        times = [float(r["perf/step_time_s"]) for r in records if r.get("perf/step_time_s")]
+        if times:
+          step_ms.append(1e3 * statistics.median(times))
         if (d / "run.json").exists():
           wall = json.loads((d / "run.json").read_text()).get("wall_s")
           if wall is not None:
@@ -163,7 +183,8 @@ def aggregate(root: Path, names: Sequence[str], seeds: Sequence[int],
       mean = sum(acc) / len(acc)
       row.update(mean=mean, std=math.sqrt(sum((a - mean) ** 2 for a in acc) / len(acc)),
                  min=min(acc), max=max(acc), final_eval_loss=sum(losses) / len(losses),
-                 wall_s=round(sum(walls) / len(walls), 1) if walls else None)
+                 wall_s=round(sum(walls) / len(walls), 1) if walls else None,
+                 step_ms=round(statistics.fmean(step_ms), 1) if step_ms else None)
       common = sorted(set.intersection(*(set(c) for c in curves)))
       row["curve"] = {"step": common,
                       "mean": [sum(c[t] for c in curves) / len(curves) for t in common],
@@ -187,8 +208,9 @@ def table(rows: list[dict], seeds: Sequence[int], steps: int) -> list[str]:
   f3 = lambda x: "-" if x is None else f"{x:.3f}"
   out = [f"Final eval accuracy after {steps} steps over seeds {list(seeds)}: mean, min-max "
          "and std (population) over the seeds that finished (`n`).", "",
-         "| mechanism | kind | n | mean acc | min-max | std | final eval loss | wall s/run |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| mechanism | kind | n | mean acc | min-max | std | final eval loss | wall s/run | "
+         "ms/step |",
+         "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     note = []
     if r["failed"]:
@@ -198,12 +220,13 @@ def table(rows: list[dict], seeds: Sequence[int], steps: int) -> list[str]:
     note = (" (" + "; ".join(note) + ")") if note else ""
     if "mean" not in r:
       why = note.strip(" ()") or f"not run (seeds {r['missing']})"
-      out.append(f"| `{r['mechanism']}` | {_kind(r['mechanism'])} | 0 | {why} | | | | |")
+      out.append(f"| `{r['mechanism']}` | {_kind(r['mechanism'])} | 0 | {why} | | | | | |")
       continue
     out.append(f"| `{r['mechanism']}` | {_kind(r['mechanism'])} | {len(r['seeds'])}{note} | "
                f"{f3(r['mean'])} | {f3(r['min'])}-{f3(r['max'])} | {f3(r['std'])} | "
                f"{f3(r['final_eval_loss'])} | "
-               f"{'-' if r['wall_s'] is None else r['wall_s']} |")
+               f"{'-' if r['wall_s'] is None else r['wall_s']} | "
+               f"{'-' if r.get('step_ms') is None else round(r['step_ms'])} |")
   return out
 
 
@@ -252,8 +275,9 @@ def plot_final(rows: list[dict], out: Path, title: str) -> Path:
 
 
 def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str] = (),
-                top: int = 4) -> Path:
-  """Mean eval accuracy vs step, shaded min-max band: ``highlight`` + the ``top`` best others."""
+                top: int = 4, chance: float | None = None) -> Path:
+  """Mean eval accuracy vs step, shaded min-max band: ``highlight`` + the ``top`` best others;
+  ``chance``: a dotted line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -268,8 +292,10 @@ def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str
             ls="-" if r["mechanism"] in highlight else "--",
             label=f"{r['mechanism']} ({r['mean']:.2f})")
     ax.fill_between(c["step"], c["min"], c["max"], color=cmap(i % 20), alpha=0.15, lw=0)
+  if chance is not None:
+    ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance ({chance:g})")
   ax.set_xlabel("step")
-  ax.set_ylabel("eval accuracy (answer positions)")
+  ax.set_ylabel("eval accuracy")
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
@@ -280,21 +306,30 @@ def plot_curves(rows: list[dict], out: Path, title: str, highlight: Sequence[str
   return path
 
 
+def _shown(path: str | Path) -> str:
+  """``path`` relative to the checkout when inside it (as in a page's config line)."""
+  path = Path(path).resolve()
+  root = _CONFIGS.parents[1]
+  return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def report(root: Path, out: Path, names: Sequence[str], seeds: Sequence[int], steps: int,
-           variant: str) -> list[dict]:
+           variant: str, configs: str | Path = _CONFIGS) -> list[dict]:
   """Aggregate, then write summary.json, summary.md's table and the two plots to ``out``."""
   out.mkdir(parents=True, exist_ok=True)
   rows = aggregate(root, names, seeds, steps)
-  cfg = f"configs/mechanisms.py:<name>{',' + variant if variant else ''}"
+  cfg = f"{_shown(configs)}:<name>{',' + variant if variant else ''}"
   lines = table(rows, seeds, steps)
-  write_summary(out, lines, f"MQAR comparison ({cfg}, {steps} steps, seeds {list(seeds)})")
+  write_summary(out, lines, f"Comparison ({cfg}, {steps} steps, seeds {list(seeds)})")
   (out / "summary.json").write_text(json.dumps(
       {"config": cfg, "steps": steps, "seeds": list(seeds), "spread": "min-max and "
        "population std over seeds", "rows": rows}, indent=1))
   if any("mean" in r for r in rows):
-    title = f"MQAR, {cfg}, {steps} steps, seeds {list(seeds)}"
+    mod = _configs_module(configs)
+    title = f"{cfg}, {steps} steps, seeds {list(seeds)}"
     plot_final(rows, out, title)
-    plot_curves(rows, out, title, getattr(_configs_module(), "COMPARE_HIGHLIGHT", ()))
+    plot_curves(rows, out, title, getattr(mod, "COMPARE_HIGHLIGHT", ()),
+                chance=getattr(mod, "COMPARE_CHANCE", None))
   return rows
 
 
@@ -303,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="run folders: WORKDIR/<name>/seed<k>")
   p.add_argument("--out", default=None, help="summary / plots folder (default: WORKDIR)")
-  p.add_argument("--config", default="", choices=("", "compare", "local"),
-                 help="variant of configs/mqar.py (configs/mechanisms.py:<name>,<config>)")
+  p.add_argument("--configs", default=str(_CONFIGS),
+                 help="the task's config file, get_config('<name>[,<config>]') (default: "
+                      "configs/mechanisms.py, MQAR; configs/grid2d.py: the 2D grid task)")
+  p.add_argument("--config", default="",
+                 help="the variant after the comma: compare / local for MQAR, "
+                      "[HxW][,local] for configs/grid2d.py")
   p.add_argument("--local", action="store_true", help="same as --config local (smoke test)")
   p.add_argument("--steps", type=int, default=None, help="default: the config's total_steps")
   p.add_argument("--eval_every", type=int, default=None, help="default: the config's")
@@ -327,8 +366,15 @@ def main(argv: list[str] | None = None) -> int:
   unknown = sorted(set(a.names or ()) - set(known))
   if unknown:
     p.error(f"unknown mechanisms {unknown}; known: {known}")
-  names = list(a.names) if a.names else ordered(known)
-  steps = a.steps or int(load_config(names[0], variant).total_steps)
+  try:
+    mod = _configs_module(a.configs)
+    default = getattr(mod, "COMPARE_NAMES", None)
+    names = list(a.names) if a.names else list(default) if default else ordered(
+        known, configs=a.configs)
+    base = load_config(names[0], variant, a.configs)  # a bad --config fails here, not per run
+  except ValueError as e:
+    p.error(str(e))
+  steps = a.steps or int(base.total_steps)
   root = Path(a.workdir)
   root.mkdir(parents=True, exist_ok=True)
   runs = [(s, n) for s in a.seeds for n in names][shard::nshards]
@@ -336,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[{i + 1}/{len(runs)}] {name} seed {seed}", flush=True)
     d = root / name / f"seed{seed}"
     try:
-      run_one(name, d, seed=seed, variant=variant, steps=steps, eval_every=a.eval_every)
+      run_one(name, d, seed=seed, variant=variant, steps=steps, eval_every=a.eval_every,
+              configs=a.configs)
     except Stopped as e:
       print(f"{e}; rerun the same command to resume", flush=True)
       break
@@ -345,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
       d.mkdir(parents=True, exist_ok=True)
       (d / "error.json").write_text(json.dumps(
           {"error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}))
-  rows = report(root, Path(a.out or root), names, a.seeds, steps, variant)
+  rows = report(root, Path(a.out or root), names, a.seeds, steps, variant, a.configs)
   print("\n".join(table(rows, a.seeds, steps)))
   return 0
 

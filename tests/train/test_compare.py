@@ -18,7 +18,8 @@ def _fake_run(root: Path, name: str, seed: int, accs: dict[int, float], wall: fl
   d = root / name / f"seed{seed}"
   d.mkdir(parents=True)
   lines = [{"step": s, "eval/accuracy": a, "eval/loss": 1.0 - a} for s, a in accs.items()]
-  lines.insert(1, {"step": 1, "train/loss": 3.0})
+  lines[1:1] = [{"step": 1, "train/loss": 3.0, "perf/step_time_s": t * (seed + 1)}
+                for t in (0.010, 0.090, 0.020)]  # median 20 ms x (seed + 1)
   (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
   (d / "run.json").write_text(json.dumps({"mechanism": name, "seed": seed,
                                           "steps": max(accs), "wall_s": wall}))
@@ -42,6 +43,7 @@ def test_aggregate_mean_spread_curve_band_and_order(tmp_path):
                                [want.mean(), want.std(), want.min(), want.max()])
     np.testing.assert_allclose(r["final_eval_loss"], (1 - want).mean())
     assert r["wall_s"] == 11.0
+    np.testing.assert_allclose(r["step_ms"], np.mean([20.0, 40.0, 60.0]))
     assert r["curve"]["step"] == [0, 5, 10]
     np.testing.assert_allclose(r["curve"]["mean"], [0.01, want.mean() / 2, want.mean()])
     np.testing.assert_allclose(r["curve"]["min"][1:], [want.min() / 2, want.min()])

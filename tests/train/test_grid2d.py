@@ -1,18 +1,24 @@
-"""configs/grid2d.py (the 2D grid task for the grid mechanisms) and its comparison driver
-attnlab/train/compare_grid.py: the configs validate with the mechanisms' 2D layout matching
-the data grid, the tiny variant trains, and the driver's table statistics."""
+"""configs/grid2d.py (the 2D grid task for the grid mechanisms): the configs validate with the
+mechanisms' 2D layout matching the data grid, the tiny variant trains, and
+``python -m attnlab.train.compare --configs configs/grid2d.py`` drives it."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from attnlab import data as data_lib
-from attnlab.train import compare_grid
+from attnlab.train import compare
 from attnlab.train import config_lib
 from attnlab.train import trainer
 
 
+_GRID2D = Path(__file__).resolve().parents[2] / "configs" / "grid2d.py"
+
+
 @pytest.mark.parametrize("arg", ["", "local", "16x16"])
-@pytest.mark.parametrize("name", compare_grid.config_module().COMPARE_NAMES)
+@pytest.mark.parametrize("name", compare._configs_module(_GRID2D).COMPARE_NAMES)
 def test_configs_validate_with_the_data_grid(config_loader, name, arg):
   config = config_loader("grid2d", ",".join(p for p in (name, arg) if p))
   config_lib.validate_config(config)
@@ -34,6 +40,7 @@ def test_configs_validate_with_the_data_grid(config_loader, name, arg):
 
 @pytest.mark.parametrize("arg,match", [
     ("softmax,axial", "one mechanism"), ("8x8,4x4", "one mechanism"),
+    ("3x3", "even sides >= 4"), ("6x5", "even sides >= 4"),
     ("lowrank_mha_pool", "changes the task"), ("no_such_mechanism", "no_such_mechanism")])
 def test_bad_arguments(config_loader, arg, match):
   with pytest.raises(ValueError, match=match):
@@ -61,20 +68,20 @@ def test_local_variant_trains_two_steps(make_config, name, config_loader):
   assert 0 <= float(stats["correct_sum"]) <= config.batch_size
 
 
-def test_aggregate_statistics_and_table():
-  runs = [{"mechanism": "a", "seed": s, "final_accuracy": acc, "best_accuracy": acc + 0.1,
-           "final_eval_loss": 1.0 - acc, "step_ms": 10.0 * (s + 1), "curve": [[0, 0.25], [10, acc]]}
-          for s, acc in enumerate([0.5, 0.7, 0.9])]
-  runs += [{"mechanism": "b", "seed": 0, "final_accuracy": 1.0, "best_accuracy": 1.0,
-            "final_eval_loss": 0.0, "step_ms": None, "curve": [[10, 1.0]]},
-           {"mechanism": "b", "seed": 1, "error": "ValueError: boom"}]
-  rows = compare_grid.aggregate(runs, ["a", "b"])
-  assert [r["mechanism"] for r in rows] == ["b", "a"]  # best mean first
-  a = rows[1]["final_accuracy"]
-  np.testing.assert_allclose([a["mean"], a["std"], a["min"], a["max"]],
-                             [0.7, np.std([0.5, 0.7, 0.9]), 0.5, 0.9])
-  assert rows[0]["errors"] == ["seed 1: ValueError: boom"] and rows[0]["seeds"] == [0]
-  assert rows[1]["step_ms_mean"] == 20.0 and rows[0]["step_ms_mean"] is None
-  lines = compare_grid.table(rows)
-  assert "0.700 ± 0.163" in lines[3] and "0.500–0.900" in lines[3]
-  assert "failed: seed 1: ValueError: boom" in lines[2]
+def test_compare_drives_the_grid_task(tmp_path):
+  """The comparison driver with --configs configs/grid2d.py: grid runs, the task's defaults."""
+  work = tmp_path / "runs"
+  assert compare.main(["--configs", str(_GRID2D), "--config", "local", "--workdir", str(work),
+                       "--steps", "2", "--eval_every", "1", "--names", "softmax"]) == 0
+  cfg = json.loads((work / "softmax" / "seed0" / "config.json").read_text())
+  assert cfg["data"]["name"] == "grid_quadrant" and cfg["total_steps"] == 2
+  assert cfg["model"]["name"] == "encoder_classifier"
+  summary = json.loads((work / "summary.json").read_text())
+  assert summary["config"] == "configs/grid2d.py:<name>,local"
+  (row,) = summary["rows"]
+  assert row["mechanism"] == "softmax" and row["seeds"] == [0] and row["curve"]["step"] == [0, 1, 2]
+  assert 0.0 <= row["mean"] <= 1.0 and row["step_ms"] > 0
+  mod = compare._configs_module(_GRID2D)
+  assert mod.COMPARE_CHANCE == 1 / cfg["model"]["num_classes"]
+  with pytest.raises(SystemExit):  # a bad grid variant is a one-line usage error
+    compare.main(["--configs", str(_GRID2D), "--config", "3x3", "--workdir", str(work)])
