@@ -7,7 +7,7 @@ A 4-layer, d_model 128 pre-LN transformer (4 heads, RoPE, GELU MLP 256, ~0.6M pa
 trained with AdamW (peak 3e-3, warmup 50 + cosine) for 600 steps of 16 x 128-byte windows of
 the stdlib ``*.py`` files (vocab 256; ~1.2M tokens seen). Validation bits per byte fall from 8
 to ~2.1 (2.12 measured: 6 min wall on a 2-core CPU shared with other jobs, the run getting
-about half a core; ~195 s of CPU time in all). Arguments after the colon:
+about half a core). Arguments after the colon:
 
   ""                  the default run
   "local"/"runlocal"  a tiny smoke-test variant (seconds)
