@@ -276,12 +276,13 @@ OVERRIDES = {
 
 # ``python -m attnlab.train.compare`` runs these first (in this order, then the rest sorted):
 # softmax and the mechanisms that Zoology (arXiv 2312.04927) compares on recall, then the
-# sparse / routed ones; COMPARE_HIGHLIGHT are drawn in its curves plot.
+# sparse / routed ones; COMPARE_HIGHLIGHT are drawn in its curves plot (Zoology's set and
+# catalogue II's best linear entry, slab_linear).
 COMPARE_FIRST = (
     'softmax', 'sigmoid', 'linear_elu', 'retnet', 'gla', 'deltanet', 'gated_deltanet',
     'decon_approx', 'moba', 'aaren', 'slab_linear', 'inline', 'nalaformer', 'soft_nystrom',
     'vmoba', 'biformer', 'landmark', 'retrieval_topk', 'halo', 'axial', 'fit')
-COMPARE_HIGHLIGHT = COMPARE_FIRST[:9]
+COMPARE_HIGHLIGHT = COMPARE_FIRST[:9] + ('slab_linear',)
 
 
 def overrides_for(name: str) -> dict:
