@@ -21,7 +21,9 @@ the config's; ``seed`` sets the initialisation and the shuffle order, the exampl
 of ``data.data_seed``). Runs go seed-major (every mechanism with the first seed, then the next
 seed), so a stopped comparison still covers every mechanism once. A finished run is not
 repeated (``run.json`` marks it) and a stopped one resumes from its checkpoint (one is written
-at the end only). A failing run is recorded in ``error.json`` and reported in the table, not
+at the end only). Run folders of another budget (``budget.json``: steps, variant, eval
+schedule) are refused before any run, also with ``--report_only``: a table never mixes
+budgets. A failing run is recorded in ``error.json`` and reported in the table, not
 fatal. ``--shard i/n`` runs every n-th run (start n processes for n workers);
 ``--report_only`` aggregates what is on disk.
 
@@ -89,19 +91,59 @@ class Stopped(Exception):
   """A run was stopped by a signal (it saved a checkpoint); the comparison stops too."""
 
 
-def _finished(workdir: Path, steps: int, variant: str | None = None,
-              eval_every: int | None = None) -> bool:
-  """Whether ``workdir`` holds a finished run of this budget. A finished run of another budget
-  (steps, config variant, eval schedule) is refused: resuming it would mix two schedules."""
+def canonical_variant(variant: str | None) -> str:
+  """The variant's comma-separated parts, sorted: ``"local,16x16"`` == ``"16x16,local"``."""
+  return ",".join(sorted(p.strip() for p in (variant or "").split(",") if p.strip()))
+
+
+def budget(steps: int, variant: str | None, eval_every: int) -> dict[str, Any]:
+  """What every run of one comparison shares; a run folder records it in ``budget.json``."""
+  return {"steps": int(steps), "variant": canonical_variant(variant),
+          "eval_every": int(eval_every)}
+
+
+def recorded_budget(workdir: Path) -> dict[str, Any] | None:
+  """The budget ``workdir`` was started with (``budget.json``, else a finished run's
+  ``run.json``, the former compare_grid's ``grid`` / ``local`` keys read as the variant, else
+  the trainer's ``config.json``), a key None where the record lacks it; None for a folder
+  without any."""
+  for fname in ("budget.json", "run.json"):
+    path = workdir / fname
+    if path.exists():
+      rec = json.loads(path.read_text())
+      if "variant" not in rec and ("grid" in rec or "local" in rec):
+        rec["variant"] = ",".join(p for p in (rec.get("grid") or "",
+                                              "local" if rec.get("local") else "") if p)
+      return {"steps": rec.get("steps"), "eval_every": rec.get("eval_every"),
+              "variant": canonical_variant(rec["variant"]) if "variant" in rec else None}
+  if (workdir / "config.json").exists():  # the trainer's copy of the config: no variant
+    cfg = json.loads((workdir / "config.json").read_text())
+    return {"steps": cfg.get("total_steps"), "eval_every": cfg.get("eval_every"),
+            "variant": None}
+  return None
+
+
+def budget_mismatch(workdir: Path, want: dict[str, Any]) -> str | None:
+  """How the budget recorded in ``workdir`` differs from ``want`` (None: same, or none kept).
+  Keys an older record lacks are not compared."""
+  got = recorded_budget(workdir)
+  if got is None:
+    return None
+  diff = [f"{k} {got[k]!r} (want {want[k]!r})" for k in want
+          if got.get(k) is not None and got[k] != want[k]]
+  return ", ".join(diff) or None
+
+
+def _finished(workdir: Path, steps: int, variant: str | None, eval_every: int) -> bool:
+  """Whether ``workdir`` holds a finished run of this budget. A run (finished or stopped) of
+  another budget (steps, config variant, eval schedule) is refused: resuming it would mix two
+  schedules, and counting it would mix two tables."""
   from attnlab.train.metrics import read_metrics
-  marker = workdir / "run.json"
-  if marker.exists():
-    rec = json.loads(marker.read_text())
-    want = {"steps": steps, "variant": variant, "eval_every": eval_every}
-    got = {k: rec.get(k, want[k] if k != "steps" else None) for k in want}
-    if got != want:
-      raise ValueError(f"{workdir} holds a finished run of another budget {got}, not {want}; "
-                       "use another --workdir")
+  mismatch = budget_mismatch(workdir, budget(steps, variant, eval_every))
+  if mismatch:
+    raise ValueError(f"{workdir} holds a run of another budget: {mismatch}; use another "
+                     "--workdir or delete that folder")
+  if (workdir / "run.json").exists():
     return True
   return (workdir / "metrics.jsonl").exists() and any(
       r.get("step") == steps and "eval/accuracy" in r for r in read_metrics(workdir))
@@ -126,6 +168,9 @@ def run_one(name: str, workdir: Path, *, seed: int, variant: str, steps: int | N
     return json.loads((workdir / "run.json").read_text()) if (
         workdir / "run.json").exists() else {"mechanism": name, "seed": seed, "steps": steps}
   (workdir / "error.json").unlink(missing_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "budget.json").write_text(json.dumps(
+      budget(steps, variant, int(config.eval_every))))
   t0 = time.time()
   result = trainer.train_and_evaluate(config, str(workdir))
   rec = {"mechanism": name, "seed": int(seed), "steps": steps, "variant": variant,
@@ -344,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--config", default="",
                  help="the variant after the comma: compare / local for MQAR, "
                       "[HxW][,local] for configs/grid2d.py")
-  p.add_argument("--local", action="store_true", help="same as --config local (smoke test)")
+  p.add_argument("--local", action="store_true", help="adds local to --config (smoke test)")
   p.add_argument("--steps", type=int, default=None, help="default: the config's total_steps")
   p.add_argument("--eval_every", type=int, default=None, help="default: the config's")
   p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -352,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--shard", default="0/1", help="i/n: run only runs i, i+n, ... of the list")
   p.add_argument("--report_only", action="store_true", help="aggregate what is on disk")
   a = p.parse_args(argv)
-  if a.local and a.config not in ("", "local"):
-    p.error(f"--local and --config {a.config} contradict each other; pass one")
-  variant = "local" if a.local else a.config
+  variant = canonical_variant(a.config + (",local" if a.local else ""))
+  if (a.steps is not None and a.steps < 1) or (a.eval_every is not None and a.eval_every < 1):
+    p.error(f"--steps and --eval_every must be >= 1, got {a.steps} and {a.eval_every}")
   try:
     shard, nshards = (int(x) for x in a.shard.split("/"))
     assert 0 <= shard < nshards
@@ -376,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     p.error(str(e))
   steps = a.steps or int(base.total_steps)
   root = Path(a.workdir)
+  want = budget(steps, variant, a.eval_every or base.eval_every)
+  other = [f"{n}/seed{s}: {m}" for s in a.seeds for n in names
+           if (m := budget_mismatch(root / n / f"seed{s}", want))]
+  if other:  # before any run: a table must not mix budgets
+    p.error(f"{len(other)} run folder(s) in {root} hold another budget than {want}, e.g. "
+            f"{other[0]}; use another --workdir or delete them")
   root.mkdir(parents=True, exist_ok=True)
   runs = [(s, n) for s in a.seeds for n in names][shard::nshards]
   for i, (seed, name) in enumerate([] if a.report_only else runs):

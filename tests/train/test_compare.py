@@ -146,3 +146,64 @@ def test_a_stopped_run_is_not_marked_done_and_stops_the_comparison(tmp_path, mon
   assert len(calls) == 1 and not (work / "softmax" / "seed0" / "run.json").exists()
   rows = json.loads((work / "summary.json").read_text())["rows"]
   assert all("mean" not in r and r["missing"] == [0] for r in rows)
+
+
+def test_budget_records_are_compared_canonically(tmp_path):
+  """budget.json / run.json (also the former compare_grid's grid / local keys) against a
+  budget; variant parts in any order are the same variant; missing keys are not compared."""
+  want = compare.budget(400, "local,16x16", 50)
+  assert want == {"steps": 400, "variant": "16x16,local", "eval_every": 50}
+  d = tmp_path / "a"
+  d.mkdir()
+  assert compare.budget_mismatch(d, want) is None  # no record
+  (d / "run.json").write_text(json.dumps({"grid": "16x16", "local": True, "steps": 400,
+                                          "eval_every": 50}))
+  assert compare.budget_mismatch(d, want) is None
+  assert "variant '16x16,local'" in compare.budget_mismatch(d, compare.budget(400, "", 50))
+  (d / "budget.json").write_text(json.dumps(compare.budget(400, "16x16,local", 100)))
+  assert "eval_every 100" in compare.budget_mismatch(d, want)  # budget.json is read first
+  old = tmp_path / "b"
+  old.mkdir()  # an early MQAR record: steps only
+  (old / "run.json").write_text(json.dumps({"mechanism": "x", "seed": 0, "steps": 400}))
+  assert compare.budget_mismatch(old, want) is None
+  assert "steps 400" in compare.budget_mismatch(old, compare.budget(10, "", 50))
+  bare = tmp_path / "c"
+  bare.mkdir()  # no record but the trainer's config.json
+  (bare / "config.json").write_text(json.dumps({"total_steps": 1200, "eval_every": 100}))
+  assert compare.budget_mismatch(bare, compare.budget(1200, "anything", 100)) is None
+  assert "steps 1200 (want 400)" in compare.budget_mismatch(bare, want)
+
+
+def test_another_budget_in_the_workdir_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+  work = tmp_path / "runs"
+  _fake_run(work, "softmax", 0, {0: 0.1, 4: 0.9})
+  (work / "softmax" / "seed0" / "budget.json").write_text(
+      json.dumps(compare.budget(4, "local", 2)))
+  monkeypatch.setattr(trainer, "train_and_evaluate",
+                      lambda *a, **k: pytest.fail("trained despite another budget"))
+  common = ["--workdir", str(work), "--config", "local", "--names", "softmax", "sigmoid"]
+  with pytest.raises(SystemExit):
+    compare.main(common + ["--steps", "6", "--eval_every", "2"])
+  assert "softmax/seed0: steps 4 (want 6)" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # --report_only too: a table must not mix budgets
+    compare.main(common + ["--steps", "4", "--eval_every", "1", "--report_only"])
+  assert "eval_every 2 (want 1)" in capsys.readouterr().err
+  assert compare.main(common + ["--steps", "4", "--eval_every", "2", "--report_only"]) == 0
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--configs", "no/such/file.py"], "not found"),
+    (["--steps", "0"], "--steps and --eval_every must be >= 1"),
+    (["--config", "compare", "--local"], "compare")])
+def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys, args, match):
+  with pytest.raises(SystemExit):
+    compare.main(["--workdir", str(tmp_path), "--names", "softmax"] + args)
+  assert match in capsys.readouterr().err
+
+
+def test_a_configs_file_without_get_config_is_refused(tmp_path, capsys):
+  bad = tmp_path / "cfg.py"
+  bad.write_text("X = 1\n")
+  with pytest.raises(SystemExit):
+    compare.main(["--workdir", str(tmp_path), "--configs", str(bad), "--names", "softmax"])
+  assert "defines no get_config" in capsys.readouterr().err

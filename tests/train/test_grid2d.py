@@ -68,7 +68,7 @@ def test_local_variant_trains_two_steps(make_config, name, config_loader):
   assert 0 <= float(stats["correct_sum"]) <= config.batch_size
 
 
-def test_compare_drives_the_grid_task(tmp_path):
+def test_compare_drives_the_grid_task(tmp_path, capsys):
   """The comparison driver with --configs configs/grid2d.py: grid runs, the task's defaults."""
   work = tmp_path / "runs"
   assert compare.main(["--configs", str(_GRID2D), "--config", "local", "--workdir", str(work),
@@ -86,3 +86,13 @@ def test_compare_drives_the_grid_task(tmp_path):
   assert mod.COMPARE_CHANCE == 1 / cfg["model"]["num_classes"]
   with pytest.raises(SystemExit):  # a bad grid variant is a one-line usage error
     compare.main(["--configs", str(_GRID2D), "--config", "3x3", "--workdir", str(work)])
+  assert "even sides >= 4" in capsys.readouterr().err
+  # the defaults come from configs/grid2d.py: COMPARE_NAMES, its 400 steps / eval every 50
+  with pytest.raises(SystemExit):  # (refused: the local runs above hold another budget)
+    compare.main(["--configs", str(_GRID2D), "--workdir", str(work), "--report_only"])
+  err = capsys.readouterr().err
+  assert "'steps': 400" in err and "'eval_every': 50" in err and "softmax/seed0" in err
+  assert compare.main(["--configs", str(_GRID2D), "--workdir", str(tmp_path / "empty"),
+                       "--report_only"]) == 0
+  rows = json.loads((tmp_path / "empty" / "summary.json").read_text())["rows"]
+  assert sorted(r["mechanism"] for r in rows) == sorted(mod.COMPARE_NAMES)
