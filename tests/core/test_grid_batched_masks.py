@@ -3,8 +3,9 @@ MoBA token routing), which evaluate the mask one batch element at a time
 (``_grid.mask_for_batch``), with a FunctionMask that differs per batch element: each example
 must get its own mask (axial and halo evaluate it over the whole batch and are not at risk).
 Reference: the mechanism's "xla" implementation, which evaluates the mask densely over the
-whole batch (``FunctionMask.allowed``, checked against numpy in test_masks.py). Document ids are a concrete numpy array closed over by the mask
-function, the case that used to evaluate batch 0's mask for every example."""
+whole batch (``FunctionMask.allowed``, checked against numpy in test_masks.py). Document ids
+are a concrete numpy array closed over by the mask function, the case that used to evaluate
+batch 0's mask for every example."""
 
 import jax
 import jax.numpy as jnp
